@@ -1,0 +1,304 @@
+"""`DistillVQModel`: IVF centroids, residual PQ codebooks and an OPQ rotation, scored exactly as faiss does."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file
+
+from .configuration_distill_vq import DistillVQConfig
+from .faiss_bridge import build_faiss_index, read_faiss_index, train_faiss_index
+from .validation import check_embeddings
+
+
+@dataclass
+class DistillVQOutput(ModelOutput):
+    """Teacher and student scores of queries against documents (higher is better for both metrics).
+
+    Args:
+        ivf_scores (`(batch, num_docs)`): `s(Rq, c_list(d))`, the coarse (IVF) student.
+        pq_scores (`(batch, num_docs)`): `s(Rq, c_list(d) + PQ(Rd - c_list(d)))`, the faiss IVF-PQ score;
+            straight-through, differentiable w.r.t. centroids and codebooks.
+        teacher_scores (`(batch, num_docs)`): `s(q, d)`, exact search with the original embeddings.
+        query_embeddings (`(batch, dim)`): the queries after rotation, `Rq`.
+        codeword_temperature (`()`): temperature of the soft codeword assignment used for the gradients.
+    """
+
+    ivf_scores: torch.Tensor | None = None
+    pq_scores: torch.Tensor | None = None
+    teacher_scores: torch.Tensor | None = None
+    query_embeddings: torch.Tensor | None = None
+    codeword_temperature: torch.Tensor | None = None
+
+
+def pairwise_scores(queries: torch.Tensor, docs: torch.Tensor, metric: str) -> torch.Tensor:
+    """Scores of `queries (B, D)` against `docs (N, D)` -> `(B, N)`, or against `docs (B, K, D)` -> `(B, K)`.
+
+    Inner product, or the negative squared L2 distance, so that higher is better for both metrics.
+    """
+    if docs.dim() == 2:
+        products = queries @ docs.T
+    else:
+        products = torch.einsum("bd,bkd->bk", queries, docs)
+    if metric == "inner_product":
+        return products
+    query_norms = queries.pow(2).sum(-1, keepdim=True)
+    doc_norms = docs.pow(2).sum(-1)
+    return 2 * products - query_norms - (doc_norms if docs.dim() == 3 else doc_norms.unsqueeze(0))
+
+
+class DistillVQPreTrainedModel(PreTrainedModel):
+    config_class = DistillVQConfig
+    base_model_prefix = "distill_vq"
+    main_input_name = "query_embeddings"
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, DistillVQModel):
+            init.normal_(module.ivf_centroids, std=0.02)
+            init.normal_(module.pq_codebooks, std=0.02)
+            init.eye_(module.rotation)
+        else:
+            super()._init_weights(module)
+
+
+class DistillVQModel(DistillVQPreTrainedModel):
+    """A differentiable `[OPQ,]IVF,PQ` index.
+
+    Weights:
+        ivf_centroids `(num_lists, dim)`, pq_codebooks `(num_subvectors, 2**bits, dim // num_subvectors)`,
+        rotation `(dim, dim)` (persistent buffer; identity without OPQ), and optionally a `query_encoder`
+        (with `query_projection` when its hidden size differs from `dim`).
+    """
+
+    def __init__(self, config: DistillVQConfig):
+        super().__init__(config)
+        dim = config.embedding_dim
+        self.ivf_centroids = nn.Parameter(torch.empty(config.num_lists, dim))
+        self.pq_codebooks = nn.Parameter(
+            torch.empty(config.num_subvectors, config.codebook_size, config.subvector_dim)
+        )
+        self.register_buffer("rotation", torch.empty(dim, dim), persistent=True)
+        self.query_encoder = None
+        self.query_projection = None
+        if config.query_encoder_config is not None:
+            self.query_encoder = AutoModel.from_config(config.query_encoder_config)
+            hidden_size = config.query_encoder_config.hidden_size
+            if hidden_size != dim:
+                self.query_projection = nn.Linear(hidden_size, dim, bias=False)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "DistillVQModel":
+        """`PreTrainedModel.from_pretrained`, with an error naming each tensor whose shape mismatches."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            mismatches = _shape_mismatches(pretrained_model_name_or_path, kwargs)
+            raise ValueError(
+                f"The checkpoint {pretrained_model_name_or_path} has tensors of other shapes than its config "
+                f"implies: {mismatches}. Load it with the config it was saved with, or rebuild the model."
+            ) from error
+
+    # ----- construction from faiss -----
+
+    @classmethod
+    def from_faiss(cls, index, **config_kwargs) -> "DistillVQModel":
+        """Copy the centroids, codebooks and rotation of a trained faiss `[OPQ,]IVF,PQ` index.
+
+        `config_kwargs` (e.g. `encoder_name_or_path`) are added to the config read from the index.
+        """
+        config, weights, _ = read_faiss_index(index)
+        config.update(config_kwargs)
+        model = cls(config)
+        with torch.no_grad():
+            for name, value in weights.items():
+                getattr(model, name).copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        return model
+
+    @classmethod
+    def from_embeddings(cls, doc_embeddings, config: DistillVQConfig, seed: int = 1234) -> "DistillVQModel":
+        """Train faiss's k-means initialisation (the paper's starting point) on `doc_embeddings (N, dim)`."""
+        docs = check_embeddings(
+            doc_embeddings, "doc_embeddings", config.embedding_dim, min_rows=max(config.num_lists, 1)
+        )
+        index = train_faiss_index(docs, config, seed=seed)
+        extra = {key: value for key, value in config.to_diff_dict().items() if key not in _FAISS_FIELDS}
+        return cls.from_faiss(index, **extra)
+
+    def to_faiss(self, doc_embeddings=None, nprobe: int = 1):
+        """A faiss index carrying the current weights, with `doc_embeddings (N, dim)` added as ids `0..N-1`.
+
+        Its scores equal `forward(...).pq_scores` (faiss returns negative scores, i.e. distances, for l2).
+        """
+        docs = None
+        if doc_embeddings is not None:
+            docs = check_embeddings(doc_embeddings, "doc_embeddings", self.config.embedding_dim)
+        return build_faiss_index(
+            self.config,
+            self.ivf_centroids.detach().cpu().float().numpy(),
+            self.pq_codebooks.detach().cpu().float().numpy(),
+            self.rotation.detach().cpu().float().numpy(),
+            doc_embeddings=docs,
+            nprobe=nprobe,
+        )
+
+    # ----- quantization -----
+
+    def rotate(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """`(..., dim) -> (..., dim)`: `R x`, the OPQ rotation (identity without OPQ)."""
+        if not self.config.use_rotation:
+            return embeddings
+        return embeddings @ self.rotation.T
+
+    @torch.no_grad()
+    def assign_lists(self, rotated_docs: torch.Tensor) -> torch.Tensor:
+        """`(N, dim) -> (N,)`: the IVF list faiss assigns each (rotated) document to."""
+        scores = pairwise_scores(rotated_docs, self.ivf_centroids, self.config.metric)
+        return scores.argmax(dim=-1)
+
+    def quantize_residuals(
+        self, residuals: torch.Tensor, temperature: float | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Product-quantize `residuals (N, dim)` with a straight-through estimator.
+
+        The forward value is the hard nearest-codeword reconstruction (what faiss stores); the gradient flows
+        through a softmax over codewords at `temperature` (default: the batch's mean gap between the nearest
+        and the second-nearest codeword distance, so it follows the data's scale).
+
+        Returns:
+            `(reconstruction (N, dim), codes (N, num_subvectors), temperature ())`.
+        """
+        num_docs = residuals.shape[0]
+        subvectors = residuals.reshape(num_docs, self.config.num_subvectors, self.config.subvector_dim)
+        distances = (  # (N, M, K) squared distances to every codeword
+            subvectors.pow(2).sum(-1, keepdim=True)
+            - 2 * torch.einsum("nms,mks->nmk", subvectors, self.pq_codebooks)
+            + self.pq_codebooks.pow(2).sum(-1).unsqueeze(0)
+        )
+        codes = distances.argmin(dim=-1)
+        if temperature is None:
+            nearest_two = distances.detach().topk(2, dim=-1, largest=False).values
+            temperature = (nearest_two[..., 1] - nearest_two[..., 0]).mean().clamp_min(1e-12)
+        temperature = torch.as_tensor(temperature, dtype=distances.dtype, device=distances.device)
+        soft = torch.softmax(-distances / temperature, dim=-1)
+        hard = nn.functional.one_hot(codes, self.config.codebook_size).to(soft.dtype)
+        assignment = (hard - soft).detach() + soft
+        reconstruction = torch.einsum("nmk,mks->nms", assignment, self.pq_codebooks)
+        return reconstruction.reshape(num_docs, -1), codes, temperature
+
+    @torch.no_grad()
+    def quantize(self, doc_embeddings, batch_size: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode `doc_embeddings (N, dim)` as faiss does: `(list_ids (N,), codes (N, num_subvectors))`."""
+        docs = torch.from_numpy(check_embeddings(doc_embeddings, "doc_embeddings", self.config.embedding_dim))
+        list_ids, codes = [], []
+        for batch in docs.to(self.device).split(batch_size):
+            rotated = self.rotate(batch)
+            lists = self.assign_lists(rotated)
+            _, batch_codes, _ = self.quantize_residuals(rotated - self.ivf_centroids[lists], temperature=1.0)
+            list_ids.append(lists)
+            codes.append(batch_codes)
+        return torch.cat(list_ids), torch.cat(codes)
+
+    @torch.no_grad()
+    def reconstruct(self, list_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """`(N,), (N, num_subvectors) -> (N, dim)`: decoded documents in the original (unrotated) space."""
+        subvector_ids = torch.arange(self.config.num_subvectors, device=codes.device)
+        residuals = self.pq_codebooks[subvector_ids, codes].reshape(codes.shape[0], -1)
+        rotated = self.ivf_centroids[list_ids] + residuals
+        return rotated @ self.rotation if self.config.use_rotation else rotated
+
+    # ----- queries -----
+
+    def encode_queries(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """`(B, L)` token ids -> `(B, dim)` query embeddings from the model's own query encoder."""
+        if self.query_encoder is None:
+            raise ValueError(
+                "This model has no query encoder; pass query_embeddings made by "
+                f"{self.config.encoder_name_or_path or 'the document encoder'} instead of input_ids."
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        hidden = self.query_encoder(**inputs).last_hidden_state  # (B, L, H)
+        if self.config.query_pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        if self.query_projection is not None:
+            pooled = self.query_projection(pooled)
+        if self.config.normalize_query_embeddings:
+            pooled = nn.functional.normalize(pooled, dim=-1)
+        return pooled
+
+    # ----- scoring -----
+
+    def forward(
+        self,
+        query_embeddings: torch.Tensor | None = None,
+        doc_embeddings: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        codeword_temperature: float | None = None,
+        teacher_query_embeddings: torch.Tensor | None = None,
+        **kwargs,
+    ) -> DistillVQOutput:
+        """Score queries against documents with the teacher, the IVF student and the PQ student.
+
+        Args:
+            query_embeddings: `(B, dim)`; or give `input_ids (B, L)` to embed queries with the query encoder.
+            doc_embeddings: `(N, dim)` shared by all queries (scores `(B, N)`) or `(B, K, dim)` per query
+                (scores `(B, K)`); the teacher's document embeddings.
+            codeword_temperature: soft-assignment temperature for the PQ gradients (see `quantize_residuals`).
+            teacher_query_embeddings: `(B, dim)` teacher queries for the teacher scores when the queries are
+                embedded by a student encoder; defaults to `query_embeddings`.
+        """
+        if query_embeddings is None:
+            query_embeddings = self.encode_queries(input_ids, attention_mask, token_type_ids)
+        if teacher_query_embeddings is None:
+            teacher_query_embeddings = query_embeddings
+        flat_docs = doc_embeddings.reshape(-1, doc_embeddings.shape[-1])
+        rotated_docs = self.rotate(flat_docs)
+        centroids = self.ivf_centroids[self.assign_lists(rotated_docs)]
+        residuals, _, temperature = self.quantize_residuals(rotated_docs - centroids, codeword_temperature)
+        shape = doc_embeddings.shape
+        rotated_queries = self.rotate(query_embeddings)
+        metric = self.config.metric
+        return DistillVQOutput(
+            ivf_scores=pairwise_scores(rotated_queries, centroids.reshape(shape), metric),
+            pq_scores=pairwise_scores(rotated_queries, (centroids + residuals).reshape(shape), metric),
+            teacher_scores=pairwise_scores(teacher_query_embeddings, doc_embeddings, metric),
+            query_embeddings=rotated_queries,
+            codeword_temperature=temperature,
+        )
+
+
+def _shape_mismatches(pretrained_model_name_or_path, kwargs) -> str:
+    """Describe each tensor of the checkpoint whose shape differs from the shape its config implies."""
+    config = kwargs.get("config") or DistillVQConfig.from_pretrained(pretrained_model_name_or_path)
+    hub_kwargs = {key: kwargs[key] for key in ("revision", "cache_dir", "token") if key in kwargs}
+    weights_file = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs)
+    with torch.device("meta"):
+        expected = {name: tuple(tensor.shape) for name, tensor in DistillVQModel(config).state_dict().items()}
+    found = []
+    with safe_open(weights_file, framework="pt") as checkpoint:
+        for name in checkpoint.keys():
+            shape = tuple(checkpoint.get_slice(name).get_shape())
+            if name in expected and expected[name] != shape:
+                found.append(f"{name} is {list(shape)} in {SAFE_WEIGHTS_NAME}, expected {list(expected[name])}")
+    return "; ".join(found)
+
+
+_FAISS_FIELDS = {"embedding_dim", "num_lists", "num_subvectors", "bits_per_subvector", "use_rotation", "metric"}
+
+__all__ = ["DistillVQModel", "DistillVQPreTrainedModel", "DistillVQOutput", "pairwise_scores"]
