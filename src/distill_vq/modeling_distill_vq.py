@@ -176,22 +176,20 @@ class DistillVQModel(DistillVQPreTrainedModel):
             `(reconstruction (N, dim), codes (N, num_subvectors), temperature ())`.
         """
         num_docs = residuals.shape[0]
-        subvectors = residuals.reshape(num_docs, self.config.num_subvectors, self.config.subvector_dim)
-        distances = (  # (N, M, K) squared distances to every codeword
-            subvectors.pow(2).sum(-1, keepdim=True)
-            - 2 * torch.einsum("nms,mks->nmk", subvectors, self.pq_codebooks)
-            + self.pq_codebooks.pow(2).sum(-1).unsqueeze(0)
-        )
-        codes = distances.argmin(dim=-1)
+        subvectors = residuals.reshape(num_docs, self.config.num_subvectors, -1).transpose(0, 1)  # (M, N, dsub)
+        codebooks = self.pq_codebooks  # (M, K, dsub)
+        # squared distance to every codeword, up to the per-subvector constant ||r||^2: (M, N, K)
+        distances = torch.baddbmm(codebooks.pow(2).sum(-1).unsqueeze(1), subvectors, codebooks.transpose(1, 2), alpha=-2)
+        codes = distances.argmin(dim=-1)  # (M, N)
         if temperature is None:
             nearest_two = distances.detach().topk(2, dim=-1, largest=False).values
             temperature = (nearest_two[..., 1] - nearest_two[..., 0]).mean().clamp_min(1e-12)
         temperature = torch.as_tensor(temperature, dtype=distances.dtype, device=distances.device)
         soft = torch.softmax(-distances / temperature, dim=-1)
-        hard = nn.functional.one_hot(codes, self.config.codebook_size).to(soft.dtype)
-        assignment = (hard - soft).detach() + soft
-        reconstruction = torch.einsum("nmk,mks->nms", assignment, self.pq_codebooks)
-        return reconstruction.reshape(num_docs, -1), codes, temperature
+        hard_codewords = codebooks.gather(1, codes.unsqueeze(-1).expand(-1, -1, codebooks.shape[-1]))  # (M, N, dsub)
+        # straight-through: the value is the hard codeword, the assignment's gradient is the soft one's
+        reconstruction = hard_codewords + torch.bmm(soft - soft.detach(), codebooks.detach())
+        return reconstruction.transpose(0, 1).reshape(num_docs, -1), codes.T, temperature
 
     @torch.no_grad()
     def quantize(self, doc_embeddings, batch_size: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
