@@ -1,0 +1,239 @@
+"""`DistillVQTrainer`: a thin `transformers.Trainer` that distills exact-search scores into the quantizer."""
+
+import itertools
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import Trainer, TrainingArguments
+from transformers.utils import logging
+
+from .modeling_distill_vq import pairwise_scores
+from .losses import EmbeddingMatchingLoss, build_score_loss
+from .sampling import CandidateMiner
+from .validation import check_embeddings
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class DistillVQTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the distillation settings. Temperatures and learning rates left at `None` are
+    derived from the data's scale when training starts and logged (see `DistillVQTrainer.teacher_score_spread` and `learning_rates`)."""
+
+    loss: str = field(default="listnet", metadata={"help": "listnet | kl | mse | margin_mse | ranknet | contrastive"})
+    pq_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the loss on the IVF-PQ student scores."})
+    ivf_loss_weight: float = field(default=0.0, metadata={"help": "Weight of the loss on the IVF student scores."})
+    embedding_matching_weight: float = field(
+        default=0.0, metadata={"help": "EmbedDistill: weight of ||teacher query - student query||^2."}
+    )
+    ranking_temperature: float | None = field(
+        default=None, metadata={"help": "Softmax temperature of the ranking loss; default: the mean spread (std) "
+                                        "of the teacher's scores over each query's top candidates."}
+    )
+    codeword_temperature: float | None = field(
+        default=None, metadata={"help": "Soft codeword-assignment temperature; default: the batch's mean gap "
+                                        "between the nearest and second-nearest codeword distance."}
+    )
+    pq_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the PQ codebooks (paper: 1e-4); default: "
+                                        "pq_relative_learning_rate x the codebooks' RMS. 0 freezes them."}
+    )
+    ivf_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the IVF centroids (paper: 1e-3); default: "
+                                        "ivf_relative_learning_rate x the centroids' RMS. 0 freezes them."}
+    )
+    pq_relative_learning_rate: float = field(default=1e-2, metadata={"help": "See pq_learning_rate."})
+    ivf_relative_learning_rate: float = field(default=3e-4, metadata={"help": "See ivf_learning_rate."})
+    query_encoder_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the query encoder."})
+    num_teacher_candidates: int = field(default=200, metadata={"help": "Teacher top-K documents per query."})
+    num_random_candidates: int = field(default=0, metadata={"help": "Random documents per query."})
+    in_batch_candidates: bool = field(
+        default=True, metadata={"help": "Score every query against the candidates of the whole batch."}
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept: the collator reads the columns."})
+
+
+class DistillVQCollator:
+    """Turns mined query rows into model inputs.
+
+    Features hold `query_embedding (dim,)`, `candidate_ids` (document rows) and optionally `positive_ids` and the
+    query text `query`. Returns `query_embeddings (B, dim)`, `doc_embeddings` - `(U, dim)` for the union of the
+    batch's candidates when `in_batch`, else `(B, K, dim)` - `labels (B,)` (column of the first positive,
+    `-100` without one) and, with a tokenizer, the tokenized queries.
+    """
+
+    def __init__(self, doc_embeddings, in_batch: bool = True, tokenizer=None, max_query_length: int = 64):
+        self.doc_embeddings = doc_embeddings
+        self.in_batch = in_batch
+        self.tokenizer = tokenizer
+        self.max_query_length = max_query_length
+
+    def _rows(self, rows) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.doc_embeddings[np.asarray(rows)], dtype=np.float32))
+
+    def __call__(self, features: list[dict]) -> dict:
+        queries = torch.tensor(np.array([feature["query_embedding"] for feature in features], dtype=np.float32))
+        positives = [feature.get("positive_ids") or [] for feature in features]
+        candidates = [feature["candidate_ids"] for feature in features]
+        if self.in_batch:
+            unique_rows, inverse = np.unique(np.concatenate(candidates), return_inverse=True)
+            column_of = dict(zip(unique_rows.tolist(), range(len(unique_rows))))
+            labels = [column_of[positive[0]] if positive else IGNORE_INDEX for positive in positives]
+            batch = {"doc_embeddings": self._rows(unique_rows)}
+        else:
+            width = min(len(row) for row in candidates)
+            labels = [0 if positive else IGNORE_INDEX for positive in positives]  # mining puts positives first
+            batch = {"doc_embeddings": self._rows([row[:width] for row in candidates])}
+        batch["query_embeddings"] = queries
+        batch["labels"] = torch.tensor(labels)
+        if self.tokenizer is not None:
+            batch.update(self.tokenizer([feature["query"] for feature in features], padding=True, truncation=True,
+                                        max_length=self.max_query_length, return_tensors="pt"))
+        return batch
+
+
+class DistillVQTrainer(Trainer):
+    """Trains a `DistillVQModel` so that its IVF / IVF-PQ scores rank each query's candidates like exact search.
+
+    Args:
+        model: the `DistillVQModel` (usually `DistillVQModel.from_embeddings(...)`, faiss's initialisation).
+        args: `DistillVQTrainingArguments`.
+        train_dataset: queries as a `Dataset` or streaming `IterableDataset` with a `query_embedding` column
+            (the teacher's query embeddings), optionally `positive_ids` (labelled document rows) and `query` text
+            (for a trained query encoder). Documents may serve as pseudo-queries. Mined lazily when needed.
+        doc_embeddings: `(num_docs, dim)` teacher document embeddings; a memory-mapped array stays on disk.
+    """
+
+    def __init__(self, model, args: DistillVQTrainingArguments, train_dataset, doc_embeddings,
+                 data_collator=None, processing_class=None, **kwargs):
+        self.model_metric = model.config.metric
+        self.doc_embeddings = check_embeddings(doc_embeddings, "doc_embeddings", model.config.embedding_dim,
+                                               min_rows=model.config.num_lists)
+        train_dataset = self._mine(train_dataset, args, model.config.metric)
+        data_collator = data_collator or DistillVQCollator(
+            self.doc_embeddings, args.in_batch_candidates,
+            processing_class if model.query_encoder is not None else None,
+        )
+        super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
+                         processing_class=processing_class, **kwargs)
+        self.ranking_temperature = args.ranking_temperature or self.teacher_score_spread(train_dataset)
+        self.score_loss = build_score_loss(args.loss, self.ranking_temperature)
+        self.embedding_matching = EmbeddingMatchingLoss()
+        self._loss_terms = defaultdict(list)
+
+    def _mine(self, dataset, args, metric):
+        """Check the queries and add `candidate_ids` (lazily for a stream) unless they are already there."""
+        first = next(iter(dataset), None)
+        if first is None:
+            raise ValueError("The training query set is empty; give queries, or documents as pseudo-queries.")
+        if "query_embedding" not in first:
+            raise ValueError(f"The training queries need a 'query_embedding' column; found {sorted(first)}. "
+                             "Embed the queries with the teacher encoder first.")
+        dim = len(first["query_embedding"])
+        if dim != self.doc_embeddings.shape[1]:
+            raise ValueError(f"query_embedding has dimension {dim} but doc_embeddings has "
+                             f"{self.doc_embeddings.shape[1]}; embed both with the same encoder.")
+        num_docs = len(self.doc_embeddings)
+        positives = first.get("positive_ids") or []
+        if isinstance(dataset, Dataset) and "positive_ids" in dataset.column_names:
+            positives = [row for rows in dataset["positive_ids"] for row in rows or []]
+        bad = sorted({row for row in positives if not 0 <= row < num_docs})[:5]
+        if bad:
+            raise ValueError(f"positive_ids {bad} are outside the {num_docs} documents; map qrels ids to rows of "
+                             "doc_embeddings and drop ids absent from the corpus.")
+        if isinstance(dataset, Dataset):
+            check_embeddings(np.asarray(dataset.with_format("numpy")["query_embedding"]), "query_embedding", dim)
+        if "candidate_ids" in first:
+            return dataset
+        miner = CandidateMiner(self.doc_embeddings, args.num_teacher_candidates, args.num_random_candidates,
+                               metric=metric, seed=args.seed)
+        kwargs = {"desc": "Mining teacher candidates"} if isinstance(dataset, Dataset) else {}
+        return dataset.map(miner, batched=True, batch_size=1024, **kwargs)
+
+    # ----- data-derived scales -----
+
+    def teacher_score_spread(self, dataset, num_queries: int = 256) -> float:
+        """The default ranking temperature: the mean standard deviation of the teacher's scores over each query's
+        top candidates, on the first `num_queries` queries (fixed, so a resumed run uses the same value)."""
+        rows = list(itertools.islice(iter(dataset), num_queries))
+        spreads = []
+        for row in rows:
+            query = torch.tensor(np.asarray(row["query_embedding"], dtype=np.float32))
+            candidates = row["candidate_ids"][: self.args.num_teacher_candidates or None]
+            docs = torch.from_numpy(np.asarray(self.doc_embeddings[np.asarray(candidates)], dtype=np.float32))
+            spreads.append(float(pairwise_scores(query[None], docs, self.model_metric).std()))
+        spread = max(float(np.mean(spreads)), 1e-6)
+        logger.info(f"Ranking temperature from the teacher's score spread: {spread:.4g}")
+        return spread
+
+    def learning_rates(self, model) -> dict[str, float]:
+        """Per-group learning rates: explicit arguments, or a fraction of each weight's RMS."""
+        args = self.args
+        rms = lambda tensor: float(tensor.detach().float().pow(2).mean().sqrt())  # noqa: E731
+        return {
+            "pq_codebooks": args.pq_learning_rate if args.pq_learning_rate is not None
+            else args.pq_relative_learning_rate * rms(model.pq_codebooks),
+            "ivf_centroids": args.ivf_learning_rate if args.ivf_learning_rate is not None
+            else args.ivf_relative_learning_rate * rms(model.ivf_centroids),
+            "query_encoder": args.query_encoder_learning_rate,
+        }
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer class and settings, with one parameter group (and learning rate) per weight."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.accelerator.unwrap_model(model or self.model)
+        rates = self.learning_rates(model)
+        groups = {"pq_codebooks": [model.pq_codebooks], "ivf_centroids": [model.ivf_centroids],
+                  "query_encoder": [p for n, p in model.named_parameters() if n.startswith("query_")]}
+        param_groups = []
+        for name, params in groups.items():
+            for param in params:
+                param.requires_grad_(rates[name] > 0)
+            if params and rates[name] > 0:
+                decay = self.args.weight_decay if name == "query_encoder" else 0.0
+                param_groups.append({"params": params, "lr": rates[name], "weight_decay": decay, "name": name})
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        logger.info(f"Learning rates: {rates}")
+        return self.optimizer
+
+    # ----- loss -----
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels", None)
+        teacher_queries = inputs["query_embeddings"]
+        if "input_ids" in inputs:  # a trained query encoder embeds the text; the teacher keeps its embeddings
+            inputs = {**inputs, "query_embeddings": None, "teacher_query_embeddings": teacher_queries}
+        outputs = model(**inputs, codeword_temperature=self.args.codeword_temperature)
+        terms = {}
+        if self.args.pq_loss_weight:
+            terms[f"pq_{self.args.loss}"] = self.args.pq_loss_weight * self.score_loss(
+                outputs.pq_scores, outputs.teacher_scores, labels)
+        if self.args.ivf_loss_weight:
+            terms[f"ivf_{self.args.loss}"] = self.args.ivf_loss_weight * self.score_loss(
+                outputs.ivf_scores, outputs.teacher_scores, labels)
+        if self.args.embedding_matching_weight and "input_ids" in inputs:
+            teacher_rotated = self.accelerator.unwrap_model(model).rotate(teacher_queries)
+            terms["embedding_matching"] = self.args.embedding_matching_weight * self.embedding_matching(
+                outputs.query_embeddings, teacher_rotated)
+        for name, value in terms.items():
+            self._loss_terms[name].append(value.detach())
+        self._loss_terms["codeword_temperature"].append(outputs.codeword_temperature.detach())
+        loss = sum(terms.values())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Add the mean of each loss term since the last log."""
+        if "loss" in logs:
+            for name, values in self._loss_terms.items():
+                logs[name] = round(float(torch.stack(values).mean()), 6)
+            self._loss_terms.clear()
+            logs["ranking_temperature"] = self.ranking_temperature
+        super().log(logs, *args, **kwargs)
