@@ -1,6 +1,8 @@
 """`DistillVQModel`: IVF centroids, residual PQ codebooks and an OPQ rotation, scored exactly as faiss does."""
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +13,7 @@ from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file
 
 from .configuration_distill_vq import DistillVQConfig
+from .hub import push_output_dir
 from .faiss_bridge import build_faiss_index, read_faiss_index, train_faiss_index
 from .validation import check_embeddings
 
@@ -94,7 +97,16 @@ class DistillVQModel(DistillVQPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "DistillVQModel":
-        """`PreTrainedModel.from_pretrained`, with an error naming each tensor whose shape mismatches."""
+        """`PreTrainedModel.from_pretrained` (a folder or a Hub id, `revision=` included), refusing checkpoints of
+        another model type and naming each tensor whose shape mismatches."""
+        if kwargs.get("config") is None:
+            hub_kwargs = {key: kwargs[key] for key in ("revision", "cache_dir", "token") if key in kwargs}
+            config_dict, _ = DistillVQConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            if config_dict.get("model_type") != DistillVQConfig.model_type:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path} holds a {config_dict.get('model_type')!r} model, not a "
+                    "distill_vq quantizer; load it with its own class (e.g. AutoModel)."
+                )
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except RuntimeError as error:
@@ -105,6 +117,25 @@ class DistillVQModel(DistillVQPreTrainedModel):
                 f"The checkpoint {pretrained_model_name_or_path} has tensors of other shapes than its config "
                 f"implies: {mismatches}. Load it with the config it was saved with, or rebuild the model."
             ) from error
+
+    def push_to_hub(self, repo_id: str, *, tokenizer=None, model_card=None, private: bool = False,
+                    token: str | None = None, revision: str | None = None, commit_message: str | None = None):
+        """Upload the config, the weights (the query encoder's too, when the model carries one, with `tokenizer`'s
+        files) and the model card in one commit; see `distill_vq.hub.push_output_dir`.
+
+        `model_card` is a `huggingface_hub.ModelCard`; by default one is rendered from the config.
+        """
+        if model_card is None:
+            from .model_card import card_facts_from_config, render_model_card
+
+            model_card = render_model_card(card_facts_from_config(self.config))
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder)
+            model_card.save(Path(folder) / "README.md")
+            return push_output_dir(folder, repo_id, private=private, token=token, revision=revision,
+                                   commit_message=commit_message)
 
     # ----- construction from faiss -----
 

@@ -27,7 +27,7 @@ class DistillVQTrainingArguments(TrainingArguments):
 
     loss: str = field(default="listnet", metadata={"help": "listnet | kl | mse | margin_mse | ranknet | contrastive"})
     pq_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the loss on the IVF-PQ student scores."})
-    ivf_loss_weight: float = field(default=0.0, metadata={"help": "Weight of the loss on the IVF student scores."})
+    ivf_loss_weight: float = field(default=0.5, metadata={"help": "Weight of the loss on the IVF student scores."})
     embedding_matching_weight: float = field(
         default=0.0, metadata={"help": "EmbedDistill: weight of ||teacher query - student query||^2."}
     )
@@ -48,7 +48,7 @@ class DistillVQTrainingArguments(TrainingArguments):
                                         "ivf_relative_learning_rate x the centroids' RMS. 0 freezes them."}
     )
     pq_relative_learning_rate: float = field(default=1e-2, metadata={"help": "See pq_learning_rate."})
-    ivf_relative_learning_rate: float = field(default=3e-4, metadata={"help": "See ivf_learning_rate."})
+    ivf_relative_learning_rate: float = field(default=6e-4, metadata={"help": "See ivf_learning_rate."})
     query_encoder_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the query encoder."})
     num_teacher_candidates: int = field(default=200, metadata={"help": "Teacher top-K documents per query."})
     num_random_candidates: int = field(default=0, metadata={"help": "Random documents per query."})
