@@ -63,7 +63,7 @@ class DistillVQCollator:
 
     Features hold `query_embedding (dim,)`, `candidate_ids` (document rows) and optionally `positive_ids` and the
     query text `query`. Returns `query_embeddings (B, dim)`, `doc_embeddings` - `(U, dim)` for the union of the
-    batch's candidates when `in_batch`, else `(B, K, dim)` - `labels (B,)` (column of the first positive,
+    batch's candidates when `in_batch` (with their rows, `doc_ids (U,)`), else `(B, K, dim)` - `labels (B,)` (column of the first positive,
     `-100` without one) and, with a tokenizer, the tokenized queries.
     """
 
@@ -73,7 +73,8 @@ class DistillVQCollator:
         self.tokenizer = tokenizer
         self.max_query_length = max_query_length
 
-    def _rows(self, rows) -> torch.Tensor:
+    def rows(self, rows) -> torch.Tensor:
+        """`(U,)` or `(B, K)` document rows -> their embeddings `(U, dim)` or `(B, K, dim)`."""
         return torch.from_numpy(np.asarray(self.doc_embeddings[np.asarray(rows)], dtype=np.float32))
 
     def __call__(self, features: list[dict]) -> dict:
@@ -84,11 +85,11 @@ class DistillVQCollator:
             unique_rows, inverse = np.unique(np.concatenate(candidates), return_inverse=True)
             column_of = dict(zip(unique_rows.tolist(), range(len(unique_rows))))
             labels = [column_of[positive[0]] if positive else IGNORE_INDEX for positive in positives]
-            batch = {"doc_embeddings": self._rows(unique_rows)}
+            batch = {"doc_embeddings": self.rows(unique_rows), "doc_ids": torch.from_numpy(unique_rows)}
         else:
             width = min(len(row) for row in candidates)
             labels = [0 if positive else IGNORE_INDEX for positive in positives]  # mining puts positives first
-            batch = {"doc_embeddings": self._rows([row[:width] for row in candidates])}
+            batch = {"doc_embeddings": self.rows([row[:width] for row in candidates])}
         batch["query_embeddings"] = queries
         batch["labels"] = torch.tensor(labels)
         if self.tokenizer is not None:
@@ -208,6 +209,9 @@ class DistillVQTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels", None)
+        doc_ids = inputs.pop("doc_ids", None)
+        if doc_ids is not None and self.accelerator.num_processes > 1:
+            inputs["doc_embeddings"], labels = self.share_candidates(doc_ids, labels)
         teacher_queries = inputs["query_embeddings"]
         if "input_ids" in inputs:  # a trained query encoder embeds the text; the teacher keeps its embeddings
             inputs = {**inputs, "query_embeddings": None, "teacher_query_embeddings": teacher_queries}
@@ -228,6 +232,18 @@ class DistillVQTrainer(Trainer):
         self._loss_terms["codeword_temperature"].append(outputs.codeword_temperature.detach())
         loss = sum(terms.values())
         return (loss, outputs) if return_outputs else loss
+
+    def share_candidates(self, doc_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-process in-batch negatives: every process scores its queries against the union of all processes'
+        candidates. Only document rows travel (the documents are the teacher's constants, so no gradient needs
+        to cross processes); each process reads the embeddings itself.
+
+        Returns the union's embeddings `(U_all, dim)` and `labels (B,)` re-pointed at the union's columns.
+        """
+        everyone = self.accelerator.gather(self.accelerator.pad_across_processes(doc_ids, pad_index=-1))
+        union = torch.unique(everyone[everyone >= 0])
+        labels = torch.where(labels >= 0, torch.searchsorted(union, doc_ids[labels.clamp_min(0)]), labels)
+        return self.data_collator.rows(union.cpu().numpy()).to(doc_ids.device), labels
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Add the mean of each loss term since the last log."""
