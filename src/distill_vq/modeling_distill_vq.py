@@ -27,6 +27,8 @@ class DistillVQOutput(ModelOutput):
         pq_scores (`(batch, num_docs)`): `s(Rq, c_list(d) + PQ(Rd - c_list(d)))`, the faiss IVF-PQ score;
             straight-through, differentiable w.r.t. centroids and codebooks.
         teacher_scores (`(batch, num_docs)`): `s(q, d)`, exact search with the original embeddings.
+        student_scores (`(batch, num_docs)`): `s(q, d)` of the model's own (student) query embeddings against the
+            exact documents; only when the queries come from the query encoder (EmbedDistill's score term).
         query_embeddings (`(batch, dim)`): the queries after rotation, `Rq`.
         codeword_temperature (`()`): temperature of the soft codeword assignment used for the gradients.
     """
@@ -34,6 +36,7 @@ class DistillVQOutput(ModelOutput):
     ivf_scores: torch.Tensor | None = None
     pq_scores: torch.Tensor | None = None
     teacher_scores: torch.Tensor | None = None
+    student_scores: torch.Tensor | None = None
     query_embeddings: torch.Tensor | None = None
     codeword_temperature: torch.Tensor | None = None
 
@@ -136,6 +139,30 @@ class DistillVQModel(DistillVQPreTrainedModel):
             model_card.save(Path(folder) / "README.md")
             return push_output_dir(folder, repo_id, private=private, token=token, revision=revision,
                                    commit_message=commit_message)
+
+    def attach_query_encoder(self, encoder_name_or_path, num_layers: int | None = None, revision: str | None = None):
+        """Give the model its own trainable query encoder (EmbedDistill's student), loaded from
+        `encoder_name_or_path` and cut to its first `num_layers` transformer layers (e.g. 3 of all-MiniLM-L6-v2's
+        6). A projection to `embedding_dim` is added when the hidden sizes differ. Returns the model."""
+        from .encoding import resolve_encoder
+
+        _, location = resolve_encoder(encoder_name_or_path)
+        encoder = AutoModel.from_pretrained(location, revision=revision)
+        if num_layers is not None:
+            layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+            if not isinstance(layers, nn.ModuleList) or not 1 <= num_layers <= len(layers):
+                available = len(layers) if isinstance(layers, nn.ModuleList) else "no BERT-style"
+                raise ValueError(f"num_layers={num_layers} is not possible: {encoder_name_or_path} has {available} "
+                                 "layers (encoder.layer).")
+            encoder.encoder.layer = layers[:num_layers]
+            encoder.config.num_hidden_layers = num_layers
+        self.config.query_encoder_config = encoder.config
+        self.query_encoder = encoder.to(self.device)
+        self.query_projection = None
+        if encoder.config.hidden_size != self.config.embedding_dim:
+            self.query_projection = nn.Linear(encoder.config.hidden_size, self.config.embedding_dim, bias=False)
+            nn.init.normal_(self.query_projection.weight, std=encoder.config.hidden_size**-0.5)
+        return self
 
     # ----- construction from faiss -----
 
@@ -294,8 +321,11 @@ class DistillVQModel(DistillVQPreTrainedModel):
         """
         if query_embeddings is None:
             query_embeddings = self.encode_queries(input_ids, attention_mask, token_type_ids)
+        student_scores = None
         if teacher_query_embeddings is None:
             teacher_query_embeddings = query_embeddings
+        else:
+            student_scores = pairwise_scores(query_embeddings, doc_embeddings, self.config.metric)
         flat_docs = doc_embeddings.reshape(-1, doc_embeddings.shape[-1])
         rotated_docs = self.rotate(flat_docs)
         centroids = self.ivf_centroids[self.assign_lists(rotated_docs)]
@@ -307,6 +337,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
             ivf_scores=pairwise_scores(rotated_queries, centroids.reshape(shape), metric),
             pq_scores=pairwise_scores(rotated_queries, (centroids + residuals).reshape(shape), metric),
             teacher_scores=pairwise_scores(teacher_query_embeddings, doc_embeddings, metric),
+            student_scores=student_scores,
             query_embeddings=rotated_queries,
             codeword_temperature=temperature,
         )

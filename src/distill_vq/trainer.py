@@ -11,7 +11,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
 from .modeling_distill_vq import pairwise_scores
-from .losses import EmbeddingMatchingLoss, build_score_loss
+from .losses import EmbeddingMatchingLoss, InBatchContrastiveLoss, build_score_loss
 from .sampling import CandidateMiner
 from .validation import check_embeddings
 
@@ -28,6 +28,13 @@ class DistillVQTrainingArguments(TrainingArguments):
     loss: str = field(default="listnet", metadata={"help": "listnet | kl | mse | margin_mse | ranknet | contrastive"})
     pq_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the loss on the IVF-PQ student scores."})
     ivf_loss_weight: float = field(default=0.5, metadata={"help": "Weight of the loss on the IVF student scores."})
+    student_loss_weight: float = field(
+        default=0.0, metadata={"help": "EmbedDistill: weight of the ranking loss of the student query encoder's "
+                                       "scores against the exact documents."}
+    )
+    label_loss_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the one-hot (contrastive) term on the labelled positives."}
+    )
     embedding_matching_weight: float = field(
         default=0.0, metadata={"help": "EmbedDistill: weight of ||teacher query - student query||^2."}
     )
@@ -125,6 +132,7 @@ class DistillVQTrainer(Trainer):
         self.ranking_temperature = args.ranking_temperature or self.teacher_score_spread(train_dataset)
         self.score_loss = build_score_loss(args.loss, self.ranking_temperature)
         self.embedding_matching = EmbeddingMatchingLoss()
+        self.label_loss = InBatchContrastiveLoss(self.ranking_temperature)
         self._loss_terms = defaultdict(list)
 
     def _mine(self, dataset, args, metric):
@@ -223,6 +231,14 @@ class DistillVQTrainer(Trainer):
         if self.args.ivf_loss_weight:
             terms[f"ivf_{self.args.loss}"] = self.args.ivf_loss_weight * self.score_loss(
                 outputs.ivf_scores, outputs.teacher_scores, labels)
+        if self.args.student_loss_weight and outputs.student_scores is not None:
+            terms[f"student_{self.args.loss}"] = self.args.student_loss_weight * self.score_loss(
+                outputs.student_scores, outputs.teacher_scores, labels)
+        if self.args.label_loss_weight and labels is not None and (labels >= 0).any():
+            labelled = labels >= 0
+            student = outputs.student_scores if outputs.student_scores is not None else outputs.pq_scores
+            terms["labels_contrastive"] = self.args.label_loss_weight * self.label_loss(
+                student[labelled], outputs.teacher_scores[labelled], labels[labelled])
         if self.args.embedding_matching_weight and "input_ids" in inputs:
             teacher_rotated = self.accelerator.unwrap_model(model).rotate(teacher_queries)
             terms["embedding_matching"] = self.args.embedding_matching_weight * self.embedding_matching(
