@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--ivf-loss-weight", type=float, default=0.5)
     parser.add_argument("--ivf-learning-rate", type=float, default=None)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--save-models", action="store_true", help="save each trained model to OUTPUT/models/")
     args = parser.parse_args()
 
     docs, doc_ids, train_queries, test_queries, test_relevance = load_benchmark_data(args.folder, args.embeddings)
@@ -105,6 +106,8 @@ def main() -> None:
         report(f"distill-vq (from {config.index_factory_string})", num_bytes, model.to_faiss(docs),
                faiss_seconds + distill_seconds)
         rows[-1]["distill_seconds"] = distill_seconds
+        if args.save_models:
+            model.save_pretrained(args.output_dir / "models" / f"distill-vq-{num_bytes}B")
 
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     results = {"settings": settings, "peak_memory_mb": peak_memory_mb(), "rows": rows}

@@ -63,6 +63,9 @@ class DistillVQTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Score every query against the candidates of the whole batch."}
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept: the collator reads the columns."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every trainable weight gets a gradient, so DDP need not search."}
+    )
 
 
 class DistillVQCollator:
