@@ -75,8 +75,11 @@ def test_model_push_to_hub_and_revisions(local_hub, model, random_embeddings, tm
     changed.load_state_dict(model.state_dict())
     with torch.no_grad():
         changed.pq_codebooks.add_(1.0)
-    changed.push_to_hub("org/versions", model_card=CARD)
+    changed.push_to_hub("org/versions")  # the default card, rendered from the config
     assert "index.faiss" not in HfApi().list_repo_files("org/versions")  # the index only when asked
+    card = ModelCard.load("org/versions")
+    assert card.data.library_name == "distill-vq" and "**5 bytes per vector**" in card.text
+    assert 'DistillVQModel.from_pretrained("org/versions")' in card.text and "## Training" not in card.text
     old = DistillVQModel.from_pretrained("org/versions", revision=first.oid)
     new = DistillVQModel.from_pretrained("org/versions")
     assert torch.equal(old.pq_codebooks, model.pq_codebooks)

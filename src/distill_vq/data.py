@@ -42,6 +42,11 @@ class DataError(ValueError):
     """Retrieval data that cannot be used as given; the message says what to change."""
 
 
+def default_data_path() -> Path:
+    """The packaged BEIR folder of the default run: 5000 Debian package descriptions, their queries and qrels."""
+    return Path(__file__).parent / "default_data"
+
+
 @dataclass
 class RetrievalData:
     """A corpus, its queries and their relevance judgements.

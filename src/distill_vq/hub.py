@@ -4,22 +4,25 @@ import json
 from pathlib import Path
 
 import faiss
-from huggingface_hub import HfApi, get_token, hf_hub_download
+from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RevisionNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
 from .configuration_distill_vq import DistillVQConfig
+from .model_card import card_facts_from_results, render_model_card
 
 MODEL_FILES = ["config.json", "model.safetensors", "README.md", "results.json", "results.md", "recall.png"]
 ENCODER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]
 INDEX_FILES = ["index.faiss", "doc_ids.json"]
+INDEX_CONFIG_FILE = "index_config.json"  # nprobe and data sources of a `distill-vq train` folder
 
 
 def push_output_dir(output_dir, repo_id: str, private: bool = False, include_index: bool = False,
                     token: str | None = None, revision: str | None = None, commit_message: str | None = None):
     """Upload a saved model folder (`save_pretrained` output or a `distill-vq train` folder) in a single commit.
 
-    Pushes `config.json`, `model.safetensors`, the model card `README.md`, the results, the query encoder's
+    Pushes `config.json`, `model.safetensors`, the model card `README.md` (a train folder's card is rendered again
+    from its `results.json` so that its usage snippet names `repo_id`), the results, the query encoder's
     tokenizer files when present, and `index.faiss` + `doc_ids.json` when `include_index`. The encoder's weights
     are not copied unless the model trained its own: the card and config name it (`encoder_name_or_path`).
     Returns the `CommitInfo`; an error leaves the repository as it was (one commit or none).
@@ -41,11 +44,15 @@ def push_output_dir(output_dir, repo_id: str, private: bool = False, include_ind
     _check_repository_model_type(repo_id, revision, token)
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    patterns = MODEL_FILES + (ENCODER_FILES if config.query_encoder_config is not None else []) + (
-        INDEX_FILES if include_index else [])
+    names = MODEL_FILES + (ENCODER_FILES if config.query_encoder_config is not None else []) + (
+        INDEX_FILES + [INDEX_CONFIG_FILE] if include_index else [])
+    operations = [CommitOperationAdd(name, str(folder / name)) for name in names if (folder / name).is_file()]
+    if (folder / "results.json").is_file():  # a `distill-vq train` folder: its card, for the model at `repo_id`
+        facts = card_facts_from_results(json.loads((folder / "results.json").read_text()), repo_id)
+        card = str(render_model_card(facts)).encode()
+        operations = [op for op in operations if op.path_in_repo != "README.md"] + [CommitOperationAdd("README.md", card)]
     message = commit_message or f"Upload distill-vq quantizer ({config.index_factory_string})"
-    return api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=patterns, revision=revision,
-                             commit_message=message)
+    return api.create_commit(repo_id, operations, commit_message=message, revision=revision)
 
 
 def load_index(repo_id_or_path, revision: str | None = None, token: str | None = None) -> tuple[faiss.Index, list[str]]:
@@ -68,6 +75,16 @@ def load_index(repo_id_or_path, revision: str | None = None, token: str | None =
                 f"{repo_id_or_path} holds no corpus index; push it with include_index=True (distill-vq push "
                 "--include-index).") from None
     return faiss.read_index(str(paths[0])), json.loads(paths[1].read_text())
+
+
+def download_output_dir(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
+    """The local copy of a repository pushed from a `distill-vq train` folder with its index (for `search`)."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise FileNotFoundError(f"{repo_id} is neither a folder nor a Hub repository id ('namespace/name').") from None
+    names = ["config.json", *INDEX_FILES, INDEX_CONFIG_FILE]
+    return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=names))
 
 
 def _read_distill_vq_config(path: Path, where: str) -> DistillVQConfig:

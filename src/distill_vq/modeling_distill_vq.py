@@ -126,12 +126,13 @@ class DistillVQModel(DistillVQPreTrainedModel):
         """Upload the config, the weights (the query encoder's too, when the model carries one, with `tokenizer`'s
         files) and the model card in one commit; see `distill_vq.hub.push_output_dir`.
 
-        `model_card` is a `huggingface_hub.ModelCard`; by default one is rendered from the config.
+        `model_card` is a `huggingface_hub.ModelCard`; by default one is rendered from the config (a `distill-vq
+        train` folder, pushed with `distill_vq.hub.push_output_dir`, carries the card of its run instead).
         """
         if model_card is None:
             from .model_card import card_facts_from_config, render_model_card
 
-            model_card = render_model_card(card_facts_from_config(self.config))
+            model_card = render_model_card(card_facts_from_config(self.config, repo_id))
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder)
             if tokenizer is not None:

@@ -1,0 +1,114 @@
+"""The folder `distill-vq train` writes: its files, staged so that it appears whole or not at all, and read back.
+
+    config.json, model.safetensors   the trained `DistillVQModel` (`save_pretrained`)
+    index.faiss, doc_ids.json        the exported faiss index and its row -> document id mapping
+    index_config.json                nprobe and the data sources, for `evaluate` and `search`
+    results.json, results.md         the evaluation of exact search, faiss and distill-vq
+    recall.png                       a bar chart of those results
+    README.md                        the model card
+
+`search` shows document texts by re-reading the corpus recorded in `index_config.json` (`corpus: null` is the
+packaged default data), so the folder stays small; a corpus that moved can be given again with `--corpus`.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import faiss
+from matplotlib.figure import Figure
+
+from .data import DataError
+from .evaluation import format_markdown_table
+from .faiss_bridge import write_index
+from .io_utils import write_json, write_text
+
+INDEX_FILE = "index.faiss"
+DOC_IDS_FILE = "doc_ids.json"
+INDEX_CONFIG_FILE = "index_config.json"
+RESULTS_FILE = "results.json"
+RESULTS_MARKDOWN_FILE = "results.md"
+CHART_FILE = "recall.png"
+CHART_METRICS = ("recall_vs_exact@10", "recall_vs_exact@100", "mrr@10", "ndcg@10")
+
+
+def check_writable(output_dir: str | Path) -> None:
+    """Refuse an `output_dir` that exists and is neither empty nor an earlier output folder (it would be replaced)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError(f"{output_dir} is a file; choose a folder for --output-dir.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / INDEX_CONFIG_FILE).is_file():
+        raise DataError(
+            f"{output_dir} is not empty and not a distill-vq output folder; choose another --output-dir or empty it."
+        )
+
+
+@contextmanager
+def staged_folder(output_dir: str | Path):
+    """Yield an empty temporary folder next to `output_dir`; on success it replaces `output_dir`, else it is removed."""
+    output_dir = Path(output_dir)
+    check_writable(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".tmp"))
+    staging.chmod(0o755)  # mkdtemp's folder is private; the output folder is not
+    try:
+        yield staging
+        if output_dir.exists():
+            previous = output_dir.with_name(f".{output_dir.name}.{uuid.uuid4().hex}.old")
+            os.replace(output_dir, previous)
+            os.replace(staging, output_dir)
+            shutil.rmtree(previous)
+        else:
+            os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_index_files(folder: Path, index: faiss.Index, doc_ids: list[str], index_config: dict) -> None:
+    """Write `index.faiss`, `doc_ids.json` and `index_config.json` into `folder`."""
+    write_index(index, folder / INDEX_FILE)
+    write_json(folder / DOC_IDS_FILE, doc_ids)
+    write_json(folder / INDEX_CONFIG_FILE, index_config)
+
+
+def read_index_files(folder: str | Path, nprobe: int | None = None) -> tuple[faiss.Index, list[str], dict]:
+    """`(index, doc_ids, index_config)` of an output folder, the index searching `nprobe` lists (default: stored)."""
+    folder = Path(folder)
+    missing = [name for name in (INDEX_FILE, DOC_IDS_FILE, INDEX_CONFIG_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"{folder} lacks {', '.join(missing)}; pass a folder written by `distill-vq train`.")
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    index_config = json.loads((folder / INDEX_CONFIG_FILE).read_text())
+    faiss.extract_index_ivf(index).nprobe = nprobe or index_config["nprobe"]
+    return index, json.loads((folder / DOC_IDS_FILE).read_text()), index_config
+
+
+def write_results(folder: Path, results: dict) -> str:
+    """Write `results.json`, `results.md` and `recall.png` for `results["results"]` rows; return the Markdown table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = format_markdown_table(results["results"])
+    write_json(folder / RESULTS_FILE, results)
+    write_text(folder / RESULTS_MARKDOWN_FILE, table + "\n")
+    plot_results(results["results"], folder / CHART_FILE)
+    return table
+
+
+def plot_results(rows: list[dict], path: Path) -> None:
+    """A grouped bar chart: one group per metric of `CHART_METRICS` present, one bar per index."""
+    metrics = [metric for metric in CHART_METRICS if any(metric in row for row in rows)]
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / len(rows)
+    for position, row in enumerate(rows):
+        offsets = [group + (position - (len(rows) - 1) / 2) * width for group in range(len(metrics))]
+        bars = axes.bar(offsets, [row.get(metric, 0.0) for metric in metrics], width, label=row["index"])
+        axes.bar_label(bars, fmt="%.3f", fontsize=7)
+    axes.set_xticks(range(len(metrics)), metrics)
+    axes.set_ylim(0, 1.2)
+    axes.set_ylabel("score")
+    axes.legend(loc="upper center", ncols=len(rows), fontsize=8, frameon=False)
+    figure.savefig(path, dpi=120)

@@ -1,0 +1,200 @@
+"""The `distill-vq` command: parsing, a train run's output folder, evaluate, search, push, input formats, errors."""
+
+import json
+import subprocess
+import sys
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+from huggingface_hub import HfApi, ModelCard
+from local_hub import local_hub  # noqa: F401  (fixture)
+
+from conftest import DATA, DEFAULT_DATA
+from distill_vq import DistillVQModel
+from distill_vq.cli import auto_num_lists, build_parser, main, training_arguments
+from distill_vq.data import DataError, load_corpus
+from distill_vq.output_folder import staged_folder
+
+EMBEDDINGS = DATA / "default_data_embeddings"
+PRECOMPUTED = ["--doc-embeddings", str(EMBEDDINGS / "docs.npy"), "--query-embeddings", str(EMBEDDINGS / "queries.npy")]
+FAST = ["--max-steps", "5", "--num-lists", "16", "--num-subvectors", "8", "--disable-tqdm", "true"]
+OUTPUT_FILES = {"config.json", "model.safetensors", "index.faiss", "doc_ids.json", "index_config.json",
+                "results.json", "results.md", "recall.png", "README.md"}
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    """A train run on the packaged data with its precomputed embeddings."""
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    assert main(["train", *PRECOMPUTED, *FAST, "--output-dir", str(output_dir)]) == 0
+    return output_dir
+
+
+def test_defaults_and_pass_through_training_flags(tmp_path):
+    args, unknown = build_parser().parse_known_args(["train", "--warmup-steps", "7", "--pq-learning-rate", "1e-4"])
+    assert (args.corpus, args.max_steps, args.batch_size, args.loss) == (None, None, 64, "listnet")
+    training_args = training_arguments(args, unknown)
+    assert (training_args.max_steps, training_args.warmup_steps, training_args.pq_learning_rate) == (300, 7, 1e-4)
+    assert (training_args.save_strategy, training_args.num_teacher_candidates) == ("no", 200)
+    with pytest.raises(ValueError, match="unrecognized arguments"):
+        training_arguments(args, ["--no-such-flag", "1"])
+    epochs, _ = build_parser().parse_known_args(["train", "--num-train-epochs", "2"])
+    assert training_arguments(epochs, []).max_steps == -1
+    assert [auto_num_lists(n) for n in (100, 5000, 1_000_000)] == [2, 128, 4096]
+
+
+def test_train_writes_a_loadable_output_folder(trained_dir):
+    assert OUTPUT_FILES <= {path.name for path in trained_dir.iterdir()}
+    assert not list(trained_dir.parent.glob(".out.*"))  # the staging folder was renamed
+    model = DistillVQModel.from_pretrained(trained_dir)
+    assert model.config.encoder_name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
+    assert model.config.index_factory_string == "OPQ8,IVF16,PQ8x8"
+    queries = np.load(EMBEDDINGS / "queries.npy")[:5].astype(np.float32)
+    _, rows = faiss.read_index(str(trained_dir / "index.faiss")).search(queries, 10)
+    assert (rows >= 0).all() and rows.max() < 5000
+    results = json.loads((trained_dir / "results.json").read_text())
+    assert [row["index"] for row in results["results"]] == ["exact", "faiss OPQ8,IVF16,PQ8x8", "distill-vq"]
+    assert {"recall_vs_exact@10", "recall_vs_exact@100", "mrr@10", "ndcg@10", "recall@100", "qps"} <= set(
+        results["results"][2])
+    assert results["num_eval_queries"] == 377 and results["training_steps"] == 5
+    card = (trained_dir / "README.md").read_text()
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card and "- product-quantization" in card
+    assert "| distill-vq" in card and "arXiv:2301.12005" in card
+
+
+def test_search_finds_a_document_by_its_text(trained_dir, capsys):
+    document = load_corpus(DEFAULT_DATA).filter(lambda row: row["_id"] == "d2139")[0]
+    assert main(["search", str(trained_dir), document["text"], "-k", "10"]) == 0
+    output = capsys.readouterr().out
+    assert " d2139 " in output and "p7zip is the Unix command-line port" in output
+
+
+def test_evaluate_writes_results(trained_dir, tmp_path):
+    assert main(["evaluate", str(trained_dir), *PRECOMPUTED, "--results-dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [row["index"] for row in results["results"]] == ["exact", "distill-vq"]
+    trained = json.loads((trained_dir / "results.json").read_text())["results"][2]
+    assert results["results"][1]["recall_vs_exact@10"] == pytest.approx(trained["recall_vs_exact@10"])
+    assert (tmp_path / "results.md").read_text().startswith("| index")
+
+
+def test_push_then_search_the_hub_repository(trained_dir, local_hub, capsys):
+    assert main(["push", str(trained_dir), "me/debian-pq", "--include-index"]) == 0
+    assert "pushed" in capsys.readouterr().out
+    files = set(HfApi().list_repo_files("me/debian-pq"))
+    assert OUTPUT_FILES <= files and not any(name.startswith("checkpoints") for name in files)
+    card = ModelCard.load("me/debian-pq")
+    assert 'DistillVQModel.from_pretrained("me/debian-pq")' in card.text and "| distill-vq" in card.text
+    document = load_corpus(DEFAULT_DATA).filter(lambda row: row["_id"] == "d2139")[0]
+    assert main(["search", "me/debian-pq", document["text"], "-k", "10"]) == 0
+    assert " d2139 " in capsys.readouterr().out
+    assert main(["search", "me/absent", "anything"]) == 2
+    assert "is not a folder, and fetching it from the Hub failed" in capsys.readouterr().err
+
+
+def write_table(path, rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows)
+    {"jsonl": lambda: frame.to_json(path, orient="records", lines=True), "csv": lambda: frame.to_csv(path, index=False),
+     "parquet": lambda: frame.to_parquet(path)}[path.suffix[1:]]()
+
+
+def tiny_data(tmp_path, suffix: str, num_docs: int = 64, num_queries: int = 40, dim: int = 16) -> list[str]:
+    """Corpus and query files of random words with random embeddings; `train` flags for them and a tiny index."""
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "kernel", "archive", "font", "python"]
+    write_table(tmp_path / f"corpus.{suffix}",
+                [{"_id": f"d{i}", "title": "t", "text": " ".join(rng.choice(words, 5))} for i in range(num_docs)])
+    write_table(tmp_path / f"queries.{suffix}",
+                [{"_id": f"q{i}", "text": " ".join(rng.choice(words, 2))} for i in range(num_queries)])
+    np.save(tmp_path / "docs.npy", rng.standard_normal((num_docs, dim), dtype=np.float32))
+    np.save(tmp_path / "queries.npy", rng.standard_normal((num_queries, dim), dtype=np.float32))
+    return ["--corpus", str(tmp_path / f"corpus.{suffix}"), "--queries", str(tmp_path / f"queries.{suffix}"),
+            "--doc-embeddings", str(tmp_path / "docs.npy"), "--query-embeddings", str(tmp_path / "queries.npy"),
+            "--num-subvectors", "4", "--bits-per-subvector", "4", "--max-steps", "2", "--disable-tqdm", "true"]
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv", "parquet"])
+def test_each_file_format_trains(tmp_path, suffix):
+    flags = [*tiny_data(tmp_path, suffix), "--no-rotation"]
+    if suffix == "jsonl":  # with qrels: the judged queries are the evaluation queries
+        (tmp_path / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td3\t1\nq1\td5\t1\n")
+        flags += ["--qrels", str(tmp_path / "test.tsv")]
+    assert main(["train", *flags, "--output-dir", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["num_docs"] == 64 and results["index_factory"] == "IVF1,PQ4x4"
+    assert results["num_eval_queries"] == (2 if suffix == "jsonl" else 4)
+    assert ("mrr@10" in results["results"][2]) == (suffix == "jsonl")
+
+
+def test_documents_are_pseudo_queries_when_every_query_is_judged(tmp_path):
+    flags = [*tiny_data(tmp_path, "jsonl", num_queries=3), "--no-rotation"]
+    (tmp_path / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td3\t1\nq1\td5\t1\nq2\td7\t1\n")
+    assert main(["train", *flags, "--qrels", str(tmp_path / "test.tsv"), "--output-dir", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (results["num_train_queries"], results["num_eval_queries"]) == (64, 3)
+
+
+def bad_file(rows):
+    def make(tmp_path):
+        write_table(tmp_path / "corpus.jsonl", rows)
+        return ["--corpus", str(tmp_path / "corpus.jsonl")]
+    return make
+
+
+def default_data_with(docs=None, queries=None):
+    def make(tmp_path):
+        np.save(tmp_path / "docs.npy", docs if docs is not None else np.load(EMBEDDINGS / "docs.npy"))
+        np.save(tmp_path / "queries.npy", queries if queries is not None else np.load(EMBEDDINGS / "queries.npy"))
+        return ["--doc-embeddings", str(tmp_path / "docs.npy"), "--query-embeddings", str(tmp_path / "queries.npy")]
+    return make
+
+
+@pytest.mark.parametrize("make_flags, message", [
+    (lambda tmp_path: ["--corpus", str(tmp_path / "missing")], "no such file or folder"),
+    (lambda tmp_path: ["--corpus", str(tmp_path)], "has no corpus.jsonl"),
+    (bad_file([{"_id": "d1", "body": "no text column"}]), "no 'text' column"),
+    (bad_file([{"_id": "d1", "text": "a document"}, {"_id": "d2", "text": " "}]), "'d2' has empty text"),
+    (bad_file([{"_id": "d1", "text": "one"}, {"_id": "d1", "text": "two"}]), "id 'd1' appears 2 times"),
+    (default_data_with(docs=np.zeros((10, 384), np.float16)), "has shape (10, 384) but the corpus has 5000 rows"),
+    (default_data_with(queries=np.zeros((4890, 8), np.float16)), "has dimension 8, not 384"),
+    (lambda tmp_path: [*PRECOMPUTED, "--num-subvectors", "7"], "num_subvectors=7 does not divide"),
+    (lambda tmp_path: tiny_data(tmp_path, "jsonl"), "64 documents are too few to train OPQ4,IVF1,PQ4x4"),
+    (lambda tmp_path: ["--eval-split", "nope"], "no qrels split 'nope'"),
+    (lambda tmp_path: ["--no-such-flag", "1"], "unrecognized arguments"),
+], ids=["missing-path", "no-corpus-file", "no-text-column", "empty-text", "duplicate-ids", "embedding-rows",
+        "embedding-dim", "invalid-config", "too-few-docs", "missing-split", "unknown-flag"])
+def test_user_errors_print_one_line_and_leave_nothing(tmp_path, capsys, make_flags, message):
+    flags = make_flags(tmp_path)
+    output_dir = tmp_path / "out"
+    assert main(["train", *flags, "--output-dir", str(output_dir)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("distill-vq: error: ") and message in error
+    assert not output_dir.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_an_output_folder_is_replaced_whole_and_other_folders_are_refused(tmp_path):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    (output_dir / "index_config.json").write_text("{}")  # an earlier run
+    with pytest.raises(RuntimeError), staged_folder(output_dir) as folder:
+        (folder / "half-written").write_text("")
+        raise RuntimeError("interrupted")
+    assert [path.name for path in tmp_path.iterdir()] == ["out"] and (output_dir / "index_config.json").exists()
+    with staged_folder(output_dir) as folder:
+        (folder / "index_config.json").write_text("{}")
+        (folder / "new").write_text("")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"] and (output_dir / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(DataError, match="not a distill-vq output folder"):
+        staged_folder(tmp_path / "mine").__enter__()
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_the_module_command_exits_with_status_2_and_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "distill_vq", "train", "--corpus", str(tmp_path / "missing.jsonl")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("distill-vq: error: ") and "Traceback" not in result.stderr
