@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, nargs="+", default=[16, 48])
     parser.add_argument("--num-lists", type=int, default=1024)
     parser.add_argument("--nprobe", type=int, default=32)
-    parser.add_argument("--max-steps", type=int, default=350)
+    parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-teacher-candidates", type=int, default=200)
     parser.add_argument("--ivf-loss-weight", type=float, default=0.5)

@@ -193,6 +193,25 @@ def test_an_output_folder_is_replaced_whole_and_other_folders_are_refused(tmp_pa
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+def test_a_failed_run_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
+    output_dir = tmp_path / "out"
+    flags = ["train", *PRECOMPUTED, *FAST, "--output-dir", str(output_dir), "--save-strategy", "steps", "--save-steps", "2"]
+
+    def die(*args, **kwargs):
+        raise RuntimeError("killed while writing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("distill_vq.cli.write_index_files", die)
+        with pytest.raises(RuntimeError, match="killed"):
+            main([*flags, "--max-steps", "4"])
+    assert not output_dir.exists()
+    staging = tmp_path / ".out.staging" / "checkpoints"
+    assert sorted(path.name for path in staging.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert main([*flags, "--max-steps", "6", "--resume-from-checkpoint", "last"]) == 0
+    assert json.loads((output_dir / "results.json").read_text())["training_steps"] == 6
+    assert (output_dir / "checkpoints" / "checkpoint-6").is_dir() and not (tmp_path / ".out.staging").exists()
+
+
 def test_the_module_command_exits_with_status_2_and_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "distill_vq", "train", "--corpus", str(tmp_path / "missing.jsonl")],
                             capture_output=True, text=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser
@@ -63,12 +64,13 @@ EXACT, DISTILLED = "exact", "distill-vq"
 class StepPrinter:
     """Prints numbered step headers such as `[1/6] Loading data`."""
 
-    def __init__(self, total: int):
-        self.total, self.number = total, 0
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.number, self.enabled = total, 0, enabled
 
     def __call__(self, message: str) -> None:
         self.number += 1
-        print(f"[{self.number}/{self.total}] {message}", flush=True)
+        if self.enabled:
+            print(f"[{self.number}/{self.total}] {message}", flush=True)
 
 
 def positive_int(text: str) -> int:
@@ -182,11 +184,17 @@ def training_arguments(args: argparse.Namespace, flags: list[str]) -> DistillVQT
 
 
 def run_train(args: argparse.Namespace) -> None:
+    """Encode, initialise from faiss, distill, export, evaluate and write the output folder.
+
+    Under `accelerate launch` every process encodes its share of the texts and trains on its share of the queries
+    (data parallel); the main process alone evaluates and writes.
+    """
+    state = PartialState()
     check_writable(args.output_dir)
     training_args = training_arguments(args, args.training_flags)
-    step = StepPrinter(6)
+    step = StepPrinter(6, enabled=state.is_main_process)
     task = _load_task(args, step)
-    docs, queries, encoder_name, encoder_revision = _embeddings(task, args, args.encoder, step)
+    docs, queries, encoder_name, encoder_revision = _embeddings(task, args, args.encoder, step, state)
     config = DistillVQConfig(
         embedding_dim=docs.shape[1], num_lists=args.num_lists or auto_num_lists(len(docs)),
         num_subvectors=args.num_subvectors, bits_per_subvector=args.bits_per_subvector,
@@ -200,21 +208,24 @@ def run_train(args: argparse.Namespace) -> None:
 
     step(f"Training faiss {config.index_factory_string} on {len(docs)} documents "
          f"({config.bytes_per_vector:g} bytes/vector)")
-    model = DistillVQModel.from_embeddings(docs, config, seed=args.seed)
+    model = DistillVQModel.from_embeddings(docs, config, seed=args.seed)  # DDP broadcasts the main process's
     faiss_name = f"faiss {config.index_factory_string}"
-    indexes = {EXACT: exact_index(docs, config.metric), faiss_name: model.to_faiss(docs, nprobe)}
+    faiss_index = model.to_faiss(docs, nprobe)
 
-    with staged_folder(args.output_dir) as folder:
+    with staged_folder(args.output_dir, state) as folder:
         training_args.output_dir = str(folder / "checkpoints")
         length = f"{training_args.max_steps} steps" if training_args.max_steps > 0 else \
             f"{training_args.num_train_epochs:g} epochs"
         step(f"Distilling exact search into the index: {length} of {training_args.per_device_train_batch_size} "
-             f"of {len(train_queries)} {train_name} ({training_args.loss} loss)")
+             f"x {state.num_processes} of {len(train_queries)} {train_name} ({training_args.loss} loss)")
         trainer = DistillVQTrainer(model, training_args, Dataset.from_dict({"query_embedding": train_queries}), docs)
         start = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
         training_seconds = time.perf_counter() - start
-        indexes[DISTILLED] = model.to_faiss(docs, nprobe)
+        if not state.is_main_process:
+            return
+        indexes = {EXACT: exact_index(docs, config.metric), faiss_name: faiss_index,
+                   DISTILLED: model.to_faiss(docs, nprobe)}
 
         step(f"Evaluating exact search, faiss and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
         facts = {
@@ -225,8 +236,9 @@ def run_train(args: argparse.Namespace) -> None:
             "bits_per_subvector": config.bits_per_subvector, "bytes_per_vector": _number(config.bytes_per_vector),
             "use_rotation": config.use_rotation, "nprobe": nprobe, "loss": training_args.loss,
             "num_teacher_candidates": training_args.num_teacher_candidates,
-            "training_steps": trainer.state.global_step, "batch_size": training_args.per_device_train_batch_size,
-            "training_seconds": round(training_seconds, 1),
+            "training_steps": trainer.state.global_step,
+            "batch_size": training_args.per_device_train_batch_size * state.num_processes,
+            "num_processes": state.num_processes, "training_seconds": round(training_seconds, 1),
         }
         gain = gain_summary(facts["results"], faiss_name, config.bytes_per_vector)
         facts["summary"] = gain[0].upper() + gain[1:] + "."
@@ -243,6 +255,11 @@ def run_train(args: argparse.Namespace) -> None:
         _remove_if_empty(folder / "checkpoints")
     print(table)
     print(f"distill-vq: wrote {args.output_dir} — {gain}")
+
+
+def _resume_argument(value: str | None) -> str | bool | None:
+    """`--resume-from-checkpoint`: a checkpoint folder, or `true` / `last` for the newest one of this run."""
+    return True if value is not None and value.lower() in ("true", "last") else value
 
 
 def _evaluation_facts(task: RetrievalTask, indexes: dict, docs: np.ndarray, queries: np.ndarray,
@@ -314,7 +331,8 @@ def _load_task(args: argparse.Namespace, step: StepPrinter) -> RetrievalTask:
     return load_task(args.corpus, args.queries, args.qrels, args.eval_split)
 
 
-def _embeddings(task: RetrievalTask, args: argparse.Namespace, encoder_name: str, step: StepPrinter):
+def _embeddings(task: RetrievalTask, args: argparse.Namespace, encoder_name: str, step: StepPrinter,
+                state: PartialState | None = None):
     """`(doc_embeddings, query_embeddings, encoder_name, encoder_revision)`: read from .npy files, else encoded."""
     num_docs, num_queries = len(task.corpus), len(task.queries)
     counts = {"documents": num_docs, "queries": 0 if task.pseudo_queries else num_queries}
@@ -329,7 +347,7 @@ def _embeddings(task: RetrievalTask, args: argparse.Namespace, encoder_name: str
     if args.doc_embeddings is not None:
         docs = read_embeddings(args.doc_embeddings, num_docs, "corpus")
     else:
-        docs = encode_dataset_cached(encoder, task.corpus, "text", args.cache_dir.expanduser())
+        docs = encode_dataset_cached(encoder, task.corpus, "text", args.cache_dir.expanduser(), accelerator=state)
     docs = check_embeddings(docs, "doc embeddings")
     if encoder is not None and encoder.embedding_dim != docs.shape[1]:
         raise DataError(f"{name} makes {encoder.embedding_dim}-d embeddings but the documents' are "
@@ -339,7 +357,7 @@ def _embeddings(task: RetrievalTask, args: argparse.Namespace, encoder_name: str
     elif args.query_embeddings is not None:
         queries = read_embeddings(args.query_embeddings, num_queries, "queries", dim=docs.shape[1])
     else:
-        queries = encode_dataset_cached(encoder, task.queries, "text", args.cache_dir.expanduser())
+        queries = encode_dataset_cached(encoder, task.queries, "text", args.cache_dir.expanduser(), accelerator=state)
     queries = check_embeddings(queries, "query embeddings")
     return docs, queries, name, None if encoder is None else encoder.revision
 

@@ -14,12 +14,12 @@ packaged default data), so the folder stays small; a corpus that moved can be gi
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
+from accelerate import PartialState
 from matplotlib.figure import Figure
 
 from .data import DataError
@@ -47,25 +47,48 @@ def check_writable(output_dir: str | Path) -> None:
         )
 
 
-@contextmanager
-def staged_folder(output_dir: str | Path):
-    """Yield an empty temporary folder next to `output_dir`; on success it replaces `output_dir`, else it is removed."""
+def staging_folder(output_dir: str | Path) -> Path:
+    """Where a run into `output_dir` writes before its folder appears whole: a hidden sibling folder."""
     output_dir = Path(output_dir)
-    check_writable(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".tmp"))
-    staging.chmod(0o755)  # mkdtemp's folder is private; the output folder is not
+    return output_dir.with_name(f".{output_dir.name}.staging")
+
+
+@contextmanager
+def staged_folder(output_dir: str | Path, state: PartialState | None = None):
+    """Yield the staging folder of `output_dir`; on success it replaces `output_dir`, else it is removed unless it
+    holds training checkpoints (kept for `--resume-from-checkpoint`).
+
+    With several processes (`state`), all share the folder and only the main process creates and moves it.
+    """
+    output_dir = Path(output_dir)
+    staging = staging_folder(output_dir)
+    is_main_process = state is None or state.is_main_process
+    if is_main_process:
+        check_writable(output_dir)
+        staging.mkdir(parents=True, exist_ok=True)  # a killed run's folder is reused: its checkpoints resume
+    if state is not None:
+        state.wait_for_everyone()
     try:
         yield staging
-        if output_dir.exists():
-            previous = output_dir.with_name(f".{output_dir.name}.{uuid.uuid4().hex}.old")
-            os.replace(output_dir, previous)
-            os.replace(staging, output_dir)
-            shutil.rmtree(previous)
-        else:
-            os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if state is not None:
+            state.wait_for_everyone()
+        if is_main_process:
+            _replace(output_dir, staging)
+    except BaseException:
+        if is_main_process and not any(staging.glob("checkpoints/checkpoint-*")):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace(output_dir: Path, staging: Path) -> None:
+    """Move `staging` to `output_dir`, replacing an earlier output folder with a rename, never a half-deleted one."""
+    if output_dir.exists():
+        previous = output_dir.with_name(f".{output_dir.name}.{uuid.uuid4().hex}.old")
+        os.replace(output_dir, previous)
+        os.replace(staging, output_dir)
+        shutil.rmtree(previous)
+    else:
+        os.replace(staging, output_dir)
 
 
 def write_index_files(folder: Path, index: faiss.Index, doc_ids: list[str], index_config: dict) -> None:
