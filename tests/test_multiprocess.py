@@ -1,5 +1,6 @@
 """Data-parallel training on 2 CPU processes (gloo) equals 1 process on the same global batch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -38,3 +39,20 @@ def test_two_processes_match_one_process(debian_embeddings, tmp_path):
         assert not torch.equal(rank0[name], initial[name]), name  # and they did train
         # same global batch of 32 queries, same candidate union, gradients averaged: the same update
         torch.testing.assert_close(rank0[name], single[name], rtol=0, atol=1e-5)  # updates are ~1e-3
+
+
+def test_accelerate_launch_of_the_command_writes_one_output_folder(tmp_path):
+    embeddings = Path(__file__).parent / "data" / "default_data_embeddings"
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    config = Path(__file__).parents[1] / "examples" / "accelerate" / "cpu_2_processes.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
+               "0", "-m", "distill_vq", "train", "--doc-embeddings", str(embeddings / "docs.npy"),
+               "--query-embeddings", str(embeddings / "queries.npy"), "--max-steps", "3", "--batch-size", "16",
+               "--num-lists", "16", "--num-subvectors", "8", "--disable-tqdm", "true", "--output-dir", str(tmp_path / "out")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (results["num_processes"], results["batch_size"], results["training_steps"]) == (2, 32, 3)
+    assert result.stdout.count("distill-vq: wrote") == 1  # the main process alone evaluates and writes
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+    DistillVQModel.from_pretrained(tmp_path / "out")
