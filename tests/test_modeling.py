@@ -106,3 +106,13 @@ def test_reconstruction_error_is_below_centroid_error(model, random_embeddings):
     reconstruction = model.reconstruct(list_ids, codes).numpy()
     centroid_only = (model.ivf_centroids[list_ids] @ model.rotation).detach().numpy()
     assert np.square(reconstruction - docs).sum() < 0.8 * np.square(centroid_only - docs).sum()
+
+
+def test_too_few_documents_to_train_is_a_clear_error(random_embeddings):
+    docs = random_embeddings[0]
+    with pytest.raises(ValueError, match=r"doc_embeddings has 200 rows; at least 256 are needed"):
+        DistillVQModel.from_embeddings(docs[:200], DistillVQConfig(embedding_dim=32, num_lists=256, num_subvectors=8))
+    with pytest.raises(ValueError, match=r"200 documents are too few to train OPQ8,IVF16,PQ8x8: .*codewords\) needs 256"
+                                         r", use_rotation \(OPQ training\) needs 1000"):
+        DistillVQModel.from_embeddings(docs[:200], DistillVQConfig(embedding_dim=32, num_lists=16, num_subvectors=8,
+                                                                   use_rotation=True))

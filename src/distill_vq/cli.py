@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 
 from .configuration_distill_vq import DistillVQConfig
 from .data import DataError, default_data_path, load_corpus
+from .faiss_bridge import OPQ_MIN_DOCUMENTS
 from .hub import download_output_dir, push_output_dir
 from .encoding import DEFAULT_ENCODER_NAME, TextEncoder, encode_dataset_cached, resolve_encoder
 from .losses import SCORE_LOSSES
@@ -54,7 +55,6 @@ DEFAULT_OUTPUT_DIR = "./distill-vq-output"
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "distill-vq" / "embeddings"
 DEFAULT_MAX_STEPS = 300
 DISTILLATION_LOSSES = [name for name in SCORE_LOSSES if name != "contrastive"]  # contrastive needs labels
-OPQ_MIN_DOCUMENTS = 1000  # faiss 1.15's OPQ training corrupts memory on a few hundred points
 MIN_POINTS_PER_LIST = 39  # faiss warns below 39 training points per k-means centroid
 SNIPPET_CHARS = 100
 DEFAULT_EVAL_SPLIT = "test"

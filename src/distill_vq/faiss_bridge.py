@@ -104,8 +104,22 @@ def build_faiss_index(
     return index
 
 
+OPQ_MIN_DOCUMENTS = 1000  # faiss 1.15's OPQ training corrupts memory on a few hundred points
+
+
 def train_faiss_index(doc_embeddings: np.ndarray, config: DistillVQConfig, seed: int = 1234) -> faiss.Index:
-    """Train `config.index_factory_string` on the documents with faiss's own k-means (the paper's initialisation)."""
+    """Train `config.index_factory_string` on the documents with faiss's own k-means (the paper's initialisation).
+
+    Raises:
+        ValueError: fewer documents than IVF lists or PQ codewords, or than OPQ training needs.
+    """
+    needs = {"num_lists": config.num_lists, "bits_per_subvector (2**bits codewords)": config.codebook_size}
+    if config.use_rotation:
+        needs["use_rotation (OPQ training)"] = OPQ_MIN_DOCUMENTS
+    short = [f"{field} needs {count}" for field, count in needs.items() if count > len(doc_embeddings)]
+    if short:
+        raise ValueError(f"{len(doc_embeddings)} documents are too few to train {config.index_factory_string}: "
+                         f"{', '.join(short)}. Give more documents or lower those settings.")
     index = faiss.index_factory(config.embedding_dim, config.index_factory_string, FAISS_METRICS[config.metric])
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     ivf.cp.seed = seed
