@@ -11,6 +11,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 
 from distill_vq import DistillVQConfig, DistillVQModel
+from distill_vq.data import load_corpus
 from distill_vq.encoding import default_encoder_path
 from distill_vq.trainer import DistillVQTrainer, DistillVQTrainingArguments
 
@@ -66,3 +67,29 @@ def test_embedding_matching_moves_student_queries_to_the_teacher(debian_embeddin
     loaded = DistillVQModel.from_pretrained(tmp_path / "saved")
     np.testing.assert_array_equal(student_embeddings(loaded, tokenizer, query_texts[:4]),
                                   student_embeddings(model, tokenizer, query_texts[:4]))
+
+
+def test_document_embedding_matching_moves_a_symmetric_student_to_the_teacher_documents(
+        debian_embeddings, query_texts, tmp_path):
+    docs, teacher_queries = debian_embeddings
+    doc_texts = load_corpus(DEFAULT_DATA)["text"]
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
+    model = DistillVQModel.from_embeddings(docs, DistillVQConfig(num_lists=32, num_subvectors=8))
+    model.attach_query_encoder("all-MiniLM-L6-v2", num_layers=1)
+    held_out = list(range(4800, 4900))
+    before = np.square(student_embeddings(model, tokenizer, [doc_texts[row] for row in held_out]) - docs[held_out])
+
+    dataset = Dataset.from_dict({"query_embedding": teacher_queries[:640], "query": query_texts[:640]})
+    args = DistillVQTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=32, max_steps=20, use_cpu=True, report_to=[], seed=0,
+        num_teacher_candidates=10, doc_embedding_matching_weight=1.0, pq_loss_weight=0.0, ivf_loss_weight=0.0,
+        query_encoder_learning_rate=5e-4, lr_scheduler_type="constant", save_strategy="no", disable_tqdm=True,
+        logging_steps=10,
+    )
+    with pytest.raises(ValueError, match="needs a model with a query encoder"):
+        DistillVQTrainer(model, args, dataset, docs, processing_class=tokenizer)
+    trainer = DistillVQTrainer(model, args, dataset, docs, processing_class=tokenizer, doc_texts=doc_texts)
+    trainer.train()
+    after = np.square(student_embeddings(model, tokenizer, [doc_texts[row] for row in held_out]) - docs[held_out])
+    assert after.sum(1).mean() < 0.8 * before.sum(1).mean(), (before.sum(1).mean(), after.sum(1).mean())
+    assert "doc_embedding_matching" in {key for log in trainer.state.log_history for key in log}

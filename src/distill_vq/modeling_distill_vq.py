@@ -30,6 +30,8 @@ class DistillVQOutput(ModelOutput):
         student_scores (`(batch, num_docs)`): `s(q, d)` of the model's own (student) query embeddings against the
             exact documents; only when the queries come from the query encoder (EmbedDistill's score term).
         query_embeddings (`(batch, dim)`): the queries after rotation, `Rq`.
+        student_doc_embeddings (`(num_texts, dim)`): documents embedded by the query encoder (a symmetric student),
+            only when document tokens are given (EmbedDistill's document embedding matching).
         codeword_temperature (`()`): temperature of the soft codeword assignment used for the gradients.
     """
 
@@ -38,6 +40,7 @@ class DistillVQOutput(ModelOutput):
     teacher_scores: torch.Tensor | None = None
     student_scores: torch.Tensor | None = None
     query_embeddings: torch.Tensor | None = None
+    student_doc_embeddings: torch.Tensor | None = None
     codeword_temperature: torch.Tensor | None = None
 
 
@@ -308,6 +311,8 @@ class DistillVQModel(DistillVQPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         codeword_temperature: float | None = None,
         teacher_query_embeddings: torch.Tensor | None = None,
+        doc_input_ids: torch.Tensor | None = None,
+        doc_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> DistillVQOutput:
         """Score queries against documents with the teacher, the IVF student and the PQ student.
@@ -319,6 +324,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
             codeword_temperature: soft-assignment temperature for the PQ gradients (see `quantize_residuals`).
             teacher_query_embeddings: `(B, dim)` teacher queries for the teacher scores when the queries are
                 embedded by a student encoder; defaults to `query_embeddings`.
+            doc_input_ids: `(M, L)` document tokens for the query encoder to embed as a symmetric student.
         """
         if query_embeddings is None:
             query_embeddings = self.encode_queries(input_ids, attention_mask, token_type_ids)
@@ -340,6 +346,8 @@ class DistillVQModel(DistillVQPreTrainedModel):
             teacher_scores=pairwise_scores(teacher_query_embeddings, doc_embeddings, metric),
             student_scores=student_scores,
             query_embeddings=rotated_queries,
+            student_doc_embeddings=None if doc_input_ids is None else self.encode_queries(doc_input_ids,
+                                                                                          doc_attention_mask),
             codeword_temperature=temperature,
         )
 

@@ -38,6 +38,11 @@ class DistillVQTrainingArguments(TrainingArguments):
     embedding_matching_weight: float = field(
         default=0.0, metadata={"help": "EmbedDistill: weight of ||teacher query - student query||^2."}
     )
+    doc_embedding_matching_weight: float = field(
+        default=0.0, metadata={"help": "EmbedDistill, symmetric student: weight of ||teacher doc - student doc||^2 "
+                                       "over each query's first candidate (its positive, else the teacher's top "
+                                       "document), embedded by the query encoder from `doc_texts`."}
+    )
     ranking_temperature: float | None = field(
         default=None, metadata={"help": "Softmax temperature of the ranking loss; default: the mean spread (std) "
                                         "of the teacher's scores over each query's top candidates."}
@@ -73,15 +78,20 @@ class DistillVQCollator:
 
     Features hold `query_embedding (dim,)`, `candidate_ids` (document rows) and optionally `positive_ids` and the
     query text `query`. Returns `query_embeddings (B, dim)`, `doc_embeddings` - `(U, dim)` for the union of the
-    batch's candidates when `in_batch` (with their rows, `doc_ids (U,)`), else `(B, K, dim)` - `labels (B,)` (column of the first positive,
-    `-100` without one) and, with a tokenizer, the tokenized queries.
+    batch's candidates when `in_batch` (with their rows, `doc_ids (U,)`), else `(B, K, dim)` - `labels (B,)`
+    (column of the first positive, `-100` without one) and, with a tokenizer, the tokenized queries; with
+    `doc_texts` (texts by document row) also each query's first candidate tokenized (`doc_input_ids (B, L)`,
+    `doc_attention_mask`) and its teacher embedding (`matched_doc_embeddings (B, dim)`).
     """
 
-    def __init__(self, doc_embeddings, in_batch: bool = True, tokenizer=None, max_query_length: int = 64):
+    def __init__(self, doc_embeddings, in_batch: bool = True, tokenizer=None, max_query_length: int = 64,
+                 doc_texts=None, max_doc_length: int = 128):
         self.doc_embeddings = doc_embeddings
         self.in_batch = in_batch
         self.tokenizer = tokenizer
         self.max_query_length = max_query_length
+        self.doc_texts = doc_texts
+        self.max_doc_length = max_doc_length
 
     def rows(self, rows) -> torch.Tensor:
         """`(U,)` or `(B, K)` document rows -> their embeddings `(U, dim)` or `(B, K, dim)`."""
@@ -105,6 +115,12 @@ class DistillVQCollator:
         if self.tokenizer is not None:
             batch.update(self.tokenizer([feature["query"] for feature in features], padding=True, truncation=True,
                                         max_length=self.max_query_length, return_tensors="pt"))
+        if self.doc_texts is not None:
+            first_rows = [int(row[0]) for row in candidates]
+            tokens = self.tokenizer([self.doc_texts[row] for row in first_rows], padding=True, truncation=True,
+                                    max_length=self.max_doc_length, return_tensors="pt")
+            batch.update(doc_input_ids=tokens["input_ids"], doc_attention_mask=tokens["attention_mask"],
+                         matched_doc_embeddings=self.rows(first_rows))
         return batch
 
 
@@ -118,17 +134,25 @@ class DistillVQTrainer(Trainer):
             (the teacher's query embeddings), optionally `positive_ids` (labelled document rows) and `query` text
             (for a trained query encoder). Documents may serve as pseudo-queries. Mined lazily when needed.
         doc_embeddings: `(num_docs, dim)` teacher document embeddings; a memory-mapped array stays on disk.
+        doc_texts: the documents' texts by row (e.g. `corpus["text"]`), for `doc_embedding_matching_weight`.
     """
 
     def __init__(self, model, args: DistillVQTrainingArguments, train_dataset, doc_embeddings,
-                 data_collator=None, processing_class=None, **kwargs):
+                 data_collator=None, processing_class=None, doc_texts=None, **kwargs):
         self.model_metric = model.config.metric
         self.doc_embeddings = check_embeddings(doc_embeddings, "doc_embeddings", model.config.embedding_dim,
                                                min_rows=model.config.num_lists)
+        if args.doc_embedding_matching_weight and (doc_texts is None or model.query_encoder is None):
+            raise ValueError("doc_embedding_matching_weight needs a model with a query encoder "
+                             "(attach_query_encoder) and the documents' texts (doc_texts=...).")
+        if doc_texts is not None and len(doc_texts) != len(self.doc_embeddings):
+            raise ValueError(f"doc_texts has {len(doc_texts)} texts but doc_embeddings {len(self.doc_embeddings)} "
+                             "rows; give the texts in the rows' order.")
         train_dataset = self._mine(train_dataset, args, model.config.metric)
         data_collator = data_collator or DistillVQCollator(
             self.doc_embeddings, args.in_batch_candidates,
             processing_class if model.query_encoder is not None else None,
+            doc_texts=doc_texts if args.doc_embedding_matching_weight else None,
         )
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
                          processing_class=processing_class, **kwargs)
@@ -221,6 +245,7 @@ class DistillVQTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels", None)
         doc_ids = inputs.pop("doc_ids", None)
+        matched_docs = inputs.pop("matched_doc_embeddings", None)
         if doc_ids is not None and self.accelerator.num_processes > 1:
             inputs["doc_embeddings"], labels = self.share_candidates(doc_ids, labels)
         teacher_queries = inputs["query_embeddings"]
@@ -246,6 +271,9 @@ class DistillVQTrainer(Trainer):
             teacher_rotated = self.accelerator.unwrap_model(model).rotate(teacher_queries)
             terms["embedding_matching"] = self.args.embedding_matching_weight * self.embedding_matching(
                 outputs.query_embeddings, teacher_rotated)
+        if self.args.doc_embedding_matching_weight:
+            terms["doc_embedding_matching"] = self.args.doc_embedding_matching_weight * self.embedding_matching(
+                outputs.student_doc_embeddings, matched_docs)
         for name, value in terms.items():
             self._loss_terms[name].append(value.detach())
         self._loss_terms["codeword_temperature"].append(outputs.codeword_temperature.detach())
