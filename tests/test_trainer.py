@@ -69,6 +69,21 @@ def test_learning_rates_follow_the_weights_scale(split, initial_model, tmp_path)
     assert torch.equal(model.ivf_centroids, centroids)
 
 
+def test_weights_no_loss_reaches_are_frozen(split, initial_model, tmp_path):
+    trainer = DistillVQTrainer(fresh_copy(initial_model), training_args(tmp_path, pq_loss_weight=0.0),
+                               Dataset.from_dict({"query_embedding": split[1][:64]}), split[0])
+    assert {group["name"] for group in trainer.create_optimizer().param_groups} == {"ivf_centroids"}
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"pq_loss_weight": 0.0, "ivf_loss_weight": 0.0}, "Every loss weight is 0"),
+    ({"num_teacher_candidates": 1}, "at least 2 candidates per query"),
+])
+def test_training_arguments_that_cannot_train_are_refused(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        training_args(tmp_path, **settings)
+
+
 def test_streaming_queries_are_mined_lazily_and_train(split, initial_model, tmp_path):
     docs, train_queries, _ = split
     rows = train_queries[:128]

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser
 
 from .configuration_distill_vq import DistillVQConfig
@@ -189,9 +188,9 @@ def run_train(args: argparse.Namespace) -> None:
     Under `accelerate launch` every process encodes its share of the texts and trains on its share of the queries
     (data parallel); the main process alone evaluates and writes.
     """
-    state = PartialState()
     check_writable(args.output_dir)
     training_args = training_arguments(args, args.training_flags)
+    state = PartialState()  # after the training arguments, whose --ddp-* settings start the process group
     step = StepPrinter(6, enabled=state.is_main_process)
     task = _load_task(args, step)
     docs, queries, encoder_name, encoder_revision = _embeddings(task, args, args.encoder, step, state)
@@ -201,7 +200,7 @@ def run_train(args: argparse.Namespace) -> None:
         use_rotation=not args.no_rotation, encoder_name_or_path=encoder_name, encoder_revision=encoder_revision,
     )
     _check_enough_documents(config, len(docs))
-    nprobe = args.nprobe or max(1, config.num_lists // 8)
+    nprobe = args.nprobe or config.default_nprobe
     train_rows, eval_rows = task.split_queries(args.seed)
     train_queries = training_queries(queries, train_rows, docs, args.seed)
     train_name = "training queries" if len(train_rows) else "documents as pseudo-queries (every query is judged)"
@@ -210,7 +209,7 @@ def run_train(args: argparse.Namespace) -> None:
          f"({config.bytes_per_vector:g} bytes/vector)")
     model = DistillVQModel.from_embeddings(docs, config, seed=args.seed)  # DDP broadcasts the main process's
     faiss_name = f"faiss {config.index_factory_string}"
-    faiss_index = model.to_faiss(docs, nprobe)
+    faiss_index = model.to_faiss(docs, nprobe) if state.is_main_process else None
 
     with staged_folder(args.output_dir, state) as folder:
         training_args.output_dir = str(folder / "checkpoints")
@@ -332,7 +331,7 @@ def _load_task(args: argparse.Namespace, step: StepPrinter) -> RetrievalTask:
 
 
 def _embeddings(task: RetrievalTask, args: argparse.Namespace, encoder_name: str, step: StepPrinter,
-                state: PartialState | None = None):
+                state: PartialState | None = None, revision: str | None = None):
     """`(doc_embeddings, query_embeddings, encoder_name, encoder_revision)`: read from .npy files, else encoded."""
     num_docs, num_queries = len(task.corpus), len(task.queries)
     counts = {"documents": num_docs, "queries": 0 if task.pseudo_queries else num_queries}
@@ -343,7 +342,7 @@ def _embeddings(task: RetrievalTask, args: argparse.Namespace, encoder_name: str
         step(f"Encoding {' and '.join(f'{counts[what]} {what}' for what in to_encode)} with {name}")
     else:
         step("Reading the embeddings")
-    encoder = TextEncoder(encoder_name) if to_encode else None
+    encoder = TextEncoder(encoder_name, revision=revision) if to_encode else None
     if args.doc_embeddings is not None:
         docs = read_embeddings(args.doc_embeddings, num_docs, "corpus")
     else:
@@ -369,6 +368,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if not Path(args.output_dir).is_dir():  # a Hub repository: results go to the working folder, not the Hub cache
         args.results_dir = args.results_dir or Path("evaluation")
     args.output_dir = _local_output_dir(args.output_dir)
+    if args.results_dir is not None and args.results_dir.resolve() == args.output_dir.resolve():
+        raise DataError("--results-dir must not be the output folder itself: it would replace the training's "
+                        "results and card facts; choose another folder.")
     index, doc_ids, index_config = read_index_files(args.output_dir, args.nprobe)
     config = DistillVQConfig.from_pretrained(args.output_dir)
     if args.corpus is None:  # the data the index was trained with
@@ -378,7 +380,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
             args.eval_split = index_config["eval_split"]
     step = StepPrinter(3)
     task = _load_task(args, step)
-    docs, queries, _, _ = _embeddings(task, args, config.encoder_name_or_path or DEFAULT_ENCODER_NAME, step)
+    docs, queries, _, _ = _embeddings(task, args, config.encoder_name_or_path or DEFAULT_ENCODER_NAME, step,
+                                      revision=config.encoder_revision)
     if task.doc_ids != doc_ids:  # another corpus: index it with the trained quantizer
         index = DistillVQModel.from_pretrained(args.output_dir).to_faiss(docs, args.nprobe or index_config["nprobe"])
     _, eval_rows = task.split_queries(index_config["seed"])
@@ -396,7 +399,7 @@ def _local_output_dir(name: str) -> Path:
         return Path(name)
     try:
         return download_output_dir(name)
-    except HfHubHTTPError as error:
+    except OSError as error:
         raise FileNotFoundError(f"{name} is not a folder, and fetching it from the Hub failed: {error}") from None
 
 
@@ -408,6 +411,9 @@ def run_search(args: argparse.Namespace) -> None:
     index, doc_ids, index_config = read_index_files(args.output_dir, args.nprobe)
     config = DistillVQConfig.from_pretrained(args.output_dir)
     encoder = TextEncoder(config.encoder_name_or_path, revision=config.encoder_revision)
+    if encoder.embedding_dim != config.embedding_dim:
+        raise DataError(f"{config.encoder_name_or_path} makes {encoder.embedding_dim}-d embeddings but the index holds "
+                        f"{config.embedding_dim}-d ones; the index was trained on embeddings of another encoder.")
     scores, rows = index.search(encoder.encode([args.query], show_progress=False), min(args.k, len(doc_ids)))
     texts = _document_texts(args.corpus or index_config["corpus"], rows[0], doc_ids)
     print(f"{'rank':>4}  {'score':>7}  {'doc id':<12}  text")
@@ -442,7 +448,7 @@ def run_push(args: argparse.Namespace) -> None:
     try:
         commit = push_output_dir(args.output_dir, args.repo_id, private=args.private,
                                  include_index=args.include_index, token=args.token, revision=args.revision)
-    except (HfHubHTTPError, ConnectionError) as error:
+    except OSError as error:  # HfHubHTTPError and network errors are OSErrors
         raise ValueError(f"pushing to {args.repo_id} failed: {error}") from error
     print(f"distill-vq: pushed {args.output_dir} to {commit.commit_url}")
 
@@ -459,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     args.training_flags = unknown
     try:
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as error:  # DataError, the library's input checks, missing files
+    except (ValueError, OSError) as error:  # DataError, input checks, missing files, permissions, Hub and network
         message = " ".join(str(error).split())
         print(f"distill-vq: error: {message}", file=sys.stderr)
         return 2

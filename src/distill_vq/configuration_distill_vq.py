@@ -82,6 +82,11 @@ class DistillVQConfig(PreTrainedConfig):
         return 2**self.bits_per_subvector
 
     @property
+    def default_nprobe(self) -> int:
+        """IVF lists searched per query when none is given: an eighth of the lists."""
+        return max(1, self.num_lists // 8)
+
+    @property
     def bytes_per_vector(self) -> float:
         return self.num_subvectors * self.bits_per_subvector / 8
 

@@ -10,11 +10,11 @@ from huggingface_hub.utils import validate_repo_id
 
 from .configuration_distill_vq import DistillVQConfig
 from .model_card import card_facts_from_results, render_model_card
+from .output_folder import DOC_IDS_FILE, INDEX_CONFIG_FILE, INDEX_FILE
 
 MODEL_FILES = ["config.json", "model.safetensors", "README.md", "results.json", "results.md", "recall.png"]
 ENCODER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]
-INDEX_FILES = ["index.faiss", "doc_ids.json"]
-INDEX_CONFIG_FILE = "index_config.json"  # nprobe and data sources of a `distill-vq train` folder
+INDEX_FILES = [INDEX_FILE, DOC_IDS_FILE]
 
 
 def push_output_dir(output_dir, repo_id: str, private: bool = False, include_index: bool = False,
@@ -25,7 +25,8 @@ def push_output_dir(output_dir, repo_id: str, private: bool = False, include_ind
     from its `results.json` so that its usage snippet names `repo_id`), the results, the query encoder's
     tokenizer files when present, and `index.faiss` + `doc_ids.json` when `include_index`. The encoder's weights
     are not copied unless the model trained its own: the card and config name it (`encoder_name_or_path`).
-    Returns the `CommitInfo`; an error leaves the repository as it was (one commit or none).
+    Returns the `CommitInfo`. Everything is checked before the repository is created, and the files go in one
+    commit: an error leaves no partial upload (at most an empty repository or branch).
     """
     folder = Path(output_dir)
     config = _read_distill_vq_config(folder / "config.json", str(folder))
@@ -78,12 +79,13 @@ def load_index(repo_id_or_path, revision: str | None = None, token: str | None =
 
 
 def download_output_dir(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
-    """The local copy of a repository pushed from a `distill-vq train` folder with its index (for `search`)."""
+    """The local copy of a repository pushed from a `distill-vq train` folder with its index (for `search` and
+    `evaluate`): the quantizer and the index files."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
         raise FileNotFoundError(f"{repo_id} is neither a folder nor a Hub repository id ('namespace/name').") from None
-    names = ["config.json", *INDEX_FILES, INDEX_CONFIG_FILE]
+    names = ["config.json", "model.safetensors", *INDEX_FILES, INDEX_CONFIG_FILE]
     return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=names))
 
 

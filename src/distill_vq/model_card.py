@@ -60,7 +60,7 @@ def card_facts_from_config(config, model_id: str = "your-namespace/your-quantize
         "model_name": model_id.split("/")[-1], "model_id": model_id,
         "base_model": config.encoder_name_or_path or "unknown encoder", "embedding_dim": config.embedding_dim,
         "metric": config.metric, "index_factory": config.index_factory_string, "num_lists": config.num_lists,
-        "nprobe": nprobe or max(1, config.num_lists // 8), "num_subvectors": config.num_subvectors,
+        "nprobe": nprobe or config.default_nprobe, "num_subvectors": config.num_subvectors,
         "bits_per_subvector": config.bits_per_subvector, "use_rotation": config.use_rotation,
         "bytes_per_vector": f"{config.bytes_per_vector:g}",
     }

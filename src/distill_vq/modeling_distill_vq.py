@@ -166,6 +166,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
         if encoder.config.hidden_size != self.config.embedding_dim:
             self.query_projection = nn.Linear(encoder.config.hidden_size, self.config.embedding_dim, bias=False)
             nn.init.normal_(self.query_projection.weight, std=encoder.config.hidden_size**-0.5)
+            self.query_projection.to(self.device)
         return self
 
     # ----- construction from faiss -----
@@ -191,13 +192,13 @@ class DistillVQModel(DistillVQPreTrainedModel):
             doc_embeddings, "doc_embeddings", config.embedding_dim, min_rows=max(config.num_lists, 1)
         )
         index = train_faiss_index(docs, config, seed=seed)
-        extra = {key: value for key, value in config.to_diff_dict().items() if key not in _FAISS_FIELDS}
+        extra = {key: getattr(config, key) for key in config.to_diff_dict() if key not in _FAISS_FIELDS}
         return cls.from_faiss(index, **extra)
 
     def to_faiss(self, doc_embeddings=None, nprobe: int = 1):
         """A faiss index carrying the current weights, with `doc_embeddings (N, dim)` added as ids `0..N-1`.
 
-        Its scores equal `forward(...).pq_scores` (faiss returns negative scores, i.e. distances, for l2).
+        Its scores equal `forward(...).pq_scores` (for l2, faiss returns squared distances, i.e. `-pq_scores`).
         """
         docs = None
         if doc_embeddings is not None:

@@ -58,7 +58,8 @@ def staged_folder(output_dir: str | Path, state: PartialState | None = None):
     """Yield the staging folder of `output_dir`; on success it replaces `output_dir`, else it is removed unless it
     holds training checkpoints (kept for `--resume-from-checkpoint`).
 
-    With several processes (`state`), all share the folder and only the main process creates and moves it.
+    With several processes (`state`), all share the folder (the Trainer's checkpoints go there) and only the main
+    process creates and moves it; the others leave without waiting, as they write nothing after training.
     """
     output_dir = Path(output_dir)
     staging = staging_folder(output_dir)
@@ -70,8 +71,6 @@ def staged_folder(output_dir: str | Path, state: PartialState | None = None):
         state.wait_for_everyone()
     try:
         yield staging
-        if state is not None:
-            state.wait_for_everyone()
         if is_main_process:
             _replace(output_dir, staging)
     except BaseException:

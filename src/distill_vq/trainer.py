@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from datasets import Dataset, IterableDataset
+from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
@@ -69,8 +69,18 @@ class DistillVQTrainingArguments(TrainingArguments):
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept: the collator reads the columns."})
     ddp_find_unused_parameters: bool | None = field(
-        default=False, metadata={"help": "Every trainable weight gets a gradient, so DDP need not search."}
+        default=False, metadata={"help": "Every trainable weight gets a gradient (weights no loss reaches are "
+                                         "frozen), so DDP need not search."}
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        weights = ("pq_loss_weight", "ivf_loss_weight", "student_loss_weight", "label_loss_weight",
+                   "embedding_matching_weight", "doc_embedding_matching_weight")
+        if not any(getattr(self, name) for name in weights):
+            raise ValueError(f"Every loss weight is 0, so nothing would train; set one of {', '.join(weights)}.")
+        if self.num_teacher_candidates + self.num_random_candidates < 2:
+            raise ValueError("Ranking needs at least 2 candidates per query; raise num_teacher_candidates.")
 
 
 class DistillVQCollator:
@@ -102,7 +112,7 @@ class DistillVQCollator:
         positives = [feature.get("positive_ids") or [] for feature in features]
         candidates = [feature["candidate_ids"] for feature in features]
         if self.in_batch:
-            unique_rows, inverse = np.unique(np.concatenate(candidates), return_inverse=True)
+            unique_rows = np.unique(np.concatenate(candidates))
             column_of = dict(zip(unique_rows.tolist(), range(len(unique_rows))))
             labels = [column_of[positive[0]] if positive else IGNORE_INDEX for positive in positives]
             batch = {"doc_embeddings": self.rows(unique_rows), "doc_ids": torch.from_numpy(unique_rows)}
@@ -208,14 +218,17 @@ class DistillVQTrainer(Trainer):
         return spread
 
     def learning_rates(self, model) -> dict[str, float]:
-        """Per-group learning rates: explicit arguments, or a fraction of each weight's RMS."""
+        """Per-group learning rates: explicit arguments, or a fraction of each weight's RMS; 0 for a weight that no
+        weighted loss term reaches (the codebooks need the PQ term, the centroids the PQ or IVF term)."""
         args = self.args
         rms = lambda tensor: float(tensor.detach().float().pow(2).mean().sqrt())  # noqa: E731
+        pq_rate = args.pq_learning_rate if args.pq_learning_rate is not None \
+            else args.pq_relative_learning_rate * rms(model.pq_codebooks)
+        ivf_rate = args.ivf_learning_rate if args.ivf_learning_rate is not None \
+            else args.ivf_relative_learning_rate * rms(model.ivf_centroids)
         return {
-            "pq_codebooks": args.pq_learning_rate if args.pq_learning_rate is not None
-            else args.pq_relative_learning_rate * rms(model.pq_codebooks),
-            "ivf_centroids": args.ivf_learning_rate if args.ivf_learning_rate is not None
-            else args.ivf_relative_learning_rate * rms(model.ivf_centroids),
+            "pq_codebooks": pq_rate if args.pq_loss_weight else 0.0,
+            "ivf_centroids": ivf_rate if args.pq_loss_weight or args.ivf_loss_weight else 0.0,
             "query_encoder": args.query_encoder_learning_rate,
         }
 
