@@ -48,17 +48,20 @@ def index_megabytes(index) -> float:
     return faiss.serialize_index(index).nbytes / 2**20
 
 
-def distill(model, docs, train_queries, args, output_dir: Path) -> float:
-    """Train `model` in place; return the seconds it took."""
+def distill(model, docs, train_queries, args, output_dir: Path) -> tuple[float, int]:
+    """Train `model` in place; return the seconds it took (mining included) and the steps it made."""
     training_args = DistillVQTrainingArguments(
         output_dir=str(output_dir / "checkpoints"), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         logging_steps=50, save_strategy="no", report_to=[], use_cpu=True, seed=0, lr_scheduler_type="constant",
         num_teacher_candidates=args.num_teacher_candidates, ivf_loss_weight=args.ivf_loss_weight,
-        ivf_learning_rate=args.ivf_learning_rate, dataloader_drop_last=True,
+        ivf_learning_rate=args.ivf_learning_rate, dataloader_drop_last=True, max_train_seconds=args.max_train_seconds,
     )
+    used = min(len(train_queries), args.max_steps * args.batch_size)  # mine only the queries training will see
+    train_queries = train_queries[np.random.default_rng(0).choice(len(train_queries), used, replace=False)]
     start = time.perf_counter()
-    DistillVQTrainer(model, training_args, Dataset.from_dict({"query_embedding": train_queries}), docs).train()
-    return time.perf_counter() - start
+    trainer = DistillVQTrainer(model, training_args, Dataset.from_dict({"query_embedding": train_queries}), docs)
+    trainer.train()
+    return time.perf_counter() - start, trainer.state.global_step
 
 
 def main() -> None:
@@ -73,6 +76,7 @@ def main() -> None:
     parser.add_argument("--num-teacher-candidates", type=int, default=200)
     parser.add_argument("--ivf-loss-weight", type=float, default=0.5)
     parser.add_argument("--ivf-learning-rate", type=float, default=None)
+    parser.add_argument("--max-train-seconds", type=float, help="time budget of each distillation (stops early)")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--save-models", action="store_true", help="save each trained model to OUTPUT/models/")
     args = parser.parse_args()
@@ -102,10 +106,10 @@ def main() -> None:
             index.add(docs)
             report(f"faiss {config.index_factory_string}", num_bytes, index, faiss_seconds)
         model = DistillVQModel.from_faiss(index)
-        distill_seconds = distill(model, docs, train_queries, args, args.output_dir)
+        distill_seconds, steps = distill(model, docs, train_queries, args, args.output_dir)
         report(f"distill-vq (from {config.index_factory_string})", num_bytes, model.to_faiss(docs),
                faiss_seconds + distill_seconds)
-        rows[-1]["distill_seconds"] = distill_seconds
+        rows[-1].update(distill_seconds=distill_seconds, distill_steps=steps)
         if args.save_models:
             model.save_pretrained(args.output_dir / "models" / f"distill-vq-{num_bytes}B")
 
@@ -115,7 +119,8 @@ def main() -> None:
     write_json(args.output_dir / "results.json", results)
     table = format_markdown_table(rows, COLUMNS)
     write_text(args.output_dir / "results.md", f"{table}\n\nPeak memory: {results['peak_memory_mb']:.0f} MB. "
-               f"num_lists={args.num_lists}, nprobe={args.nprobe}, {args.max_steps} steps x {args.batch_size} queries.\n")
+               f"num_lists={args.num_lists}, nprobe={args.nprobe}, {args.max_steps} steps x {args.batch_size} queries, "
+               f"time budget {args.max_train_seconds} s.\n")
     plot(rows, args.output_dir / "recall.png")
     print(table)
 

@@ -69,6 +69,13 @@ def test_learning_rates_follow_the_weights_scale(split, initial_model, tmp_path)
     assert torch.equal(model.ivf_centroids, centroids)
 
 
+def test_time_budget_stops_training_early(split, initial_model, tmp_path):
+    trainer = DistillVQTrainer(fresh_copy(initial_model), training_args(tmp_path, max_train_seconds=0.0),
+                               Dataset.from_dict({"query_embedding": split[1][:256]}), split[0])
+    trainer.train()
+    assert trainer.state.global_step == 1  # of max_steps=4
+
+
 def test_weights_no_loss_reaches_are_frozen(split, initial_model, tmp_path):
     trainer = DistillVQTrainer(fresh_copy(initial_model), training_args(tmp_path, pq_loss_weight=0.0),
                                Dataset.from_dict({"query_embedding": split[1][:64]}), split[0])

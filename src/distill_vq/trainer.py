@@ -1,13 +1,14 @@
 """`DistillVQTrainer`: a thin `transformers.Trainer` that distills exact-search scores into the quantizer."""
 
 import itertools
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
 from .modeling_distill_vq import pairwise_scores
@@ -68,6 +69,10 @@ class DistillVQTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Score every query against the candidates of the whole batch."}
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept: the collator reads the columns."})
+    max_train_seconds: float | None = field(
+        default=None, metadata={"help": "Stop training (and save a checkpoint) once this many seconds have passed, "
+                                        "before max_steps if need be: a time budget."}
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every trainable weight gets a gradient (weights no loss reaches are "
                                          "frozen), so DDP need not search."}
@@ -134,6 +139,27 @@ class DistillVQCollator:
         return batch
 
 
+class TimeBudgetCallback(TrainerCallback):
+    """Ends training at the first step after `max_seconds` of training (every process decides on the main
+    process's clock, so that they stop at the same step)."""
+
+    def __init__(self, max_seconds: float):
+        self.max_seconds = max_seconds
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = torch.tensor(time.monotonic() - self.start, device=args.device)
+        if args.world_size > 1:
+            torch.distributed.broadcast(elapsed, src=0)
+        if elapsed.item() > self.max_seconds:
+            logger.info(f"Stopping at step {state.global_step}: the {self.max_seconds:g} s budget is spent.")
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+        return control
+
+
 class DistillVQTrainer(Trainer):
     """Trains a `DistillVQModel` so that its IVF / IVF-PQ scores rank each query's candidates like exact search.
 
@@ -166,6 +192,8 @@ class DistillVQTrainer(Trainer):
         )
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
                          processing_class=processing_class, **kwargs)
+        if args.max_train_seconds is not None:
+            self.add_callback(TimeBudgetCallback(args.max_train_seconds))
         self.ranking_temperature = args.ranking_temperature or self.teacher_score_spread(train_dataset)
         self.score_loss = build_score_loss(args.loss, self.ranking_temperature)
         self.embedding_matching = EmbeddingMatchingLoss()
