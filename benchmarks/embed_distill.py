@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--embeddings", default="all-MiniLM-L6-v2")
     parser.add_argument("--indexes", type=Path, nargs="*", default=[], help="saved distill-vq models to search")
     parser.add_argument("--layers", type=int, nargs="+", default=[3, 2])
+    parser.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=list(ABLATIONS))
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
@@ -126,7 +127,8 @@ def main() -> None:
     report("teacher all-MiniLM-L6-v2 (6 layers)", teacher_embeddings, teacher_speed)
     train_embeddings, train_texts = teacher_queries[train_rows], [texts[row] for row in train_rows]
     for num_layers in args.layers:
-        for ablation, weights in ABLATIONS.items():
+        for ablation in args.ablations:
+            weights = ABLATIONS[ablation]
             student = train_student(num_layers, weights, docs, train_embeddings, train_texts, args,
                                     args.output_dir / "student-checkpoints")
             report(f"student {num_layers} layers: {ablation}", *encode_with_student(student, test_texts))
