@@ -163,12 +163,16 @@ class TextEncoder:
 
     def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`(batch, tokens, dim)` hidden states and `(batch, tokens)` mask -> `(batch, dim)` text embeddings."""
-        if self.pooling == "cls":
-            pooled = hidden_states[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
-            pooled = (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        pooled = pool_tokens(hidden_states, attention_mask, self.pooling)
         return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+def pool_tokens(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """`(batch, tokens, dim)` -> `(batch, dim)`: the `"cls"` token's state, else the mean over unmasked tokens."""
+    if pooling == "cls":
+        return hidden_states[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 def _sentence_transformers_settings(location: str, revision: str | None) -> dict:

@@ -13,6 +13,7 @@ from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file
 
 from .configuration_distill_vq import DistillVQConfig
+from .encoding import pool_tokens, resolve_encoder
 from .hub import push_output_dir
 from .faiss_bridge import build_faiss_index, read_faiss_index, train_faiss_index
 from .validation import check_embeddings
@@ -148,8 +149,6 @@ class DistillVQModel(DistillVQPreTrainedModel):
         """Give the model its own trainable query encoder (EmbedDistill's student), loaded from
         `encoder_name_or_path` and cut to its first `num_layers` transformer layers (e.g. 3 of all-MiniLM-L6-v2's
         6). A projection to `embedding_dim` is added when the hidden sizes differ. Returns the model."""
-        from .encoding import resolve_encoder
-
         _, location = resolve_encoder(encoder_name_or_path)
         encoder = AutoModel.from_pretrained(location, revision=revision)
         if num_layers is not None:
@@ -290,11 +289,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         hidden = self.query_encoder(**inputs).last_hidden_state  # (B, L, H)
-        if self.config.query_pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        pooled = pool_tokens(hidden, attention_mask, self.config.query_pooling)
         if self.query_projection is not None:
             pooled = self.query_projection(pooled)
         if self.config.normalize_query_embeddings:
