@@ -25,7 +25,7 @@ from transformers import HfArgumentParser
 
 from .configuration_distill_vq import DistillVQConfig
 from .data import DataError, default_data_path, load_corpus
-from .faiss_bridge import OPQ_MIN_DOCUMENTS
+from .faiss_bridge import documents_needed
 from .hub import download_output_dir, push_output_dir
 from .encoding import DEFAULT_ENCODER_NAME, TextEncoder, encode_dataset_cached, resolve_encoder
 from .losses import SCORE_LOSSES
@@ -58,6 +58,8 @@ MIN_POINTS_PER_LIST = 39  # faiss warns below 39 training points per k-means cen
 SNIPPET_CHARS = 100
 DEFAULT_EVAL_SPLIT = "test"
 EXACT, DISTILLED = "exact", "distill-vq"
+FLAG_OF_SETTING = {"num_lists": "--num-lists", "bits_per_subvector": "--bits-per-subvector",
+                   "use_rotation": "--no-rotation"}
 
 
 class StepPrinter:
@@ -278,11 +280,9 @@ def _evaluation_facts(task: RetrievalTask, indexes: dict, docs: np.ndarray, quer
 
 
 def _check_enough_documents(config: DistillVQConfig, num_docs: int) -> None:
-    """faiss's k-means needs a document per IVF list and per codeword; its OPQ training needs more."""
-    needs = {"--num-lists": config.num_lists, "--bits-per-subvector": config.codebook_size}
-    if config.use_rotation:
-        needs["--no-rotation"] = OPQ_MIN_DOCUMENTS
-    too_many = [flag for flag, count in needs.items() if count > num_docs]
+    """`train_faiss_index`'s check, worded with the flags that lower what faiss's training needs."""
+    needs = documents_needed(config)
+    too_many = [FLAG_OF_SETTING[setting] for setting, count in needs.items() if count > num_docs]
     if too_many:
         raise DataError(
             f"{num_docs} documents are too few to train {config.index_factory_string} (it needs "

@@ -105,6 +105,16 @@ def build_faiss_index(
 
 
 OPQ_MIN_DOCUMENTS = 1000  # faiss 1.15's OPQ training corrupts memory on a few hundred points
+_WHY = {"bits_per_subvector": " (2**bits codewords)", "use_rotation": " (OPQ training)"}
+
+
+def documents_needed(config: DistillVQConfig) -> dict[str, int]:
+    """Documents faiss's training needs, by the setting that asks for them: a document per IVF list and per PQ
+    codeword, and `OPQ_MIN_DOCUMENTS` for the rotation."""
+    needs = {"num_lists": config.num_lists, "bits_per_subvector": config.codebook_size}
+    if config.use_rotation:
+        needs["use_rotation"] = OPQ_MIN_DOCUMENTS
+    return needs
 
 
 def train_faiss_index(doc_embeddings: np.ndarray, config: DistillVQConfig, seed: int = 1234) -> faiss.Index:
@@ -113,10 +123,8 @@ def train_faiss_index(doc_embeddings: np.ndarray, config: DistillVQConfig, seed:
     Raises:
         ValueError: fewer documents than IVF lists or PQ codewords, or than OPQ training needs.
     """
-    needs = {"num_lists": config.num_lists, "bits_per_subvector (2**bits codewords)": config.codebook_size}
-    if config.use_rotation:
-        needs["use_rotation (OPQ training)"] = OPQ_MIN_DOCUMENTS
-    short = [f"{field} needs {count}" for field, count in needs.items() if count > len(doc_embeddings)]
+    short = [f"{field}{_WHY.get(field, '')} needs {count}" for field, count in documents_needed(config).items()
+             if count > len(doc_embeddings)]
     if short:
         raise ValueError(f"{len(doc_embeddings)} documents are too few to train {config.index_factory_string}: "
                          f"{', '.join(short)}. Give more documents or lower those settings.")
