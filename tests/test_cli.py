@@ -1,6 +1,7 @@
 """The `distill-vq` command: parsing, a train run's output folder, evaluate, search, push, input formats, errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -78,6 +79,16 @@ def test_evaluate_writes_results(trained_dir, tmp_path):
     trained = json.loads((trained_dir / "results.json").read_text())["results"][2]
     assert results["results"][1]["recall_vs_exact@10"] == pytest.approx(trained["recall_vs_exact@10"])
     assert (tmp_path / "results.md").read_text().startswith("| index")
+
+
+def test_evaluate_uses_the_recorded_split_unless_one_is_given(trained_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_dir, copy)
+    index_config = json.loads((copy / "index_config.json").read_text())
+    (copy / "index_config.json").write_text(json.dumps({**index_config, "eval_split": "dev"}))
+    for flags, num_queries in (([], 88), (["--eval-split", "test"], 377)):
+        assert main(["evaluate", str(copy), *PRECOMPUTED, *flags, "--results-dir", str(tmp_path / "r")]) == 0
+        assert json.loads((tmp_path / "r" / "results.json").read_text())["num_eval_queries"] == num_queries
 
 
 def test_push_then_search_the_hub_repository(trained_dir, local_hub, capsys):

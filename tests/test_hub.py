@@ -9,9 +9,10 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from local_hub import local_hub  # noqa: F401  (fixture)
-from transformers import BertConfig
+from transformers import AutoTokenizer, BertConfig
 
 from distill_vq import DistillVQConfig, DistillVQModel
+from distill_vq.encoding import default_encoder_path
 from distill_vq.hub import load_index, push_output_dir
 
 CONFIG = {"embedding_dim": 32, "num_lists": 16, "num_subvectors": 8, "bits_per_subvector": 5, "use_rotation": True}
@@ -122,3 +123,18 @@ def test_include_index_without_index_pushes_nothing(local_hub, model, tmp_path):
     with pytest.raises(ValueError, match="no index.faiss to include"):
         push_output_dir(tmp_path, "org/nothing", include_index=True)
     assert not HfApi().repo_exists("org/nothing")
+
+
+def test_student_query_encoder_travels_with_its_tokenizer(local_hub, tmp_path):
+    encoder_config = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                      "intermediate_size": 32, "vocab_size": 30522}
+    model = DistillVQModel(DistillVQConfig(query_encoder_config=encoder_config, **CONFIG)).eval()
+    model.save_pretrained(tmp_path / "student")
+    AutoTokenizer.from_pretrained(default_encoder_path()).save_pretrained(tmp_path / "student")
+    push_output_dir(tmp_path / "student", "org/student")
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(HfApi().list_repo_files("org/student"))
+
+    loaded, tokenizer = DistillVQModel.from_pretrained("org/student").eval(), AutoTokenizer.from_pretrained("org/student")
+    batch = tokenizer(["command line tool to compress files", "font"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_queries(**batch), model.encode_queries(**batch), rtol=0, atol=0)

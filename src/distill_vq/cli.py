@@ -144,8 +144,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser, encoder: bool = True) -
                                        "(default: the packaged 5000 Debian package descriptions)")
     data.add_argument("--queries", help="queries file, folder or Hub id (default: the corpus source's)")
     data.add_argument("--qrels", help="evaluation qrels: a .tsv file, a split name, or a folder/Hub id of splits")
-    data.add_argument("--eval-split", default=DEFAULT_EVAL_SPLIT,
-                      help=f"qrels split held out for evaluation (default: {DEFAULT_EVAL_SPLIT})")
+    data.add_argument("--eval-split", help="qrels split held out for evaluation (default: "
+                      f"{DEFAULT_EVAL_SPLIT}; evaluate: the split the training held out)")
     if encoder:
         data.add_argument("--encoder", default=DEFAULT_ENCODER_NAME, help="embedding model (default: the "
                                                                           "packaged all-MiniLM-L6-v2)")
@@ -249,7 +249,7 @@ def run_train(args: argparse.Namespace) -> None:
         write_index_files(folder, indexes[DISTILLED], task.doc_ids, {
             "index_factory": config.index_factory_string, "nprobe": nprobe, "num_docs": len(docs),
             "corpus": _recorded(task.corpus_source), "queries": _recorded(args.queries),
-            "qrels": _recorded(args.qrels), "eval_split": args.eval_split, "seed": args.seed,
+            "qrels": _recorded(args.qrels), "eval_split": args.eval_split or DEFAULT_EVAL_SPLIT, "seed": args.seed,
         })
         table = write_results(folder, facts)
         write_model_card(folder / "README.md", card_facts_from_results(facts, str(args.output_dir)))
@@ -327,7 +327,7 @@ def _hub_dataset_id(source: str | None) -> str | None:
 
 def _load_task(args: argparse.Namespace, step: StepPrinter) -> RetrievalTask:
     step(f"Loading {'the packaged default data' if args.corpus is None else args.corpus}")
-    return load_task(args.corpus, args.queries, args.qrels, args.eval_split)
+    return load_task(args.corpus, args.queries, args.qrels, args.eval_split or DEFAULT_EVAL_SPLIT)
 
 
 def _embeddings(task: RetrievalTask, args: argparse.Namespace, encoder_name: str, step: StepPrinter,
@@ -376,8 +376,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.corpus is None:  # the data the index was trained with
         args.corpus, args.queries = index_config["corpus"], args.queries or index_config["queries"]
         args.qrels = args.qrels or index_config["qrels"]
-        if args.eval_split == DEFAULT_EVAL_SPLIT:
-            args.eval_split = index_config["eval_split"]
+        args.eval_split = args.eval_split or index_config["eval_split"]
     step = StepPrinter(3)
     task = _load_task(args, step)
     docs, queries, _, _ = _embeddings(task, args, config.encoder_name_or_path or DEFAULT_ENCODER_NAME, step,
