@@ -2,11 +2,12 @@
 
     python benchmarks/embed_distill.py ../shared/data/debian-descriptions --indexes benchmarks/results/models/*
 
-The student is cut from all-MiniLM-L6-v2's lower layers and trained on the train queries (never the test ones)
-against the teacher's frozen document embeddings. Ablation rows: the cut student untrained, score distillation
-only, and score distillation + embedding matching. Each is evaluated with exact search over the teacher's
-document embeddings and with each distilled index given by `--indexes` (folders saved by compare_faiss.py
---save-models): MRR@10 on the test qrels, recall@10 against the teacher's exact top-10, and query encoding
+Each student keeps some of all-MiniLM-L6-v2's 6 layers (`--students 0,2,4 0,3`: every other layer; `0,1,2` the
+lower three) and is trained on the train queries (never the test ones) against the teacher's frozen document
+embeddings. Ablation rows: the cut student untrained, score distillation only, + embedding matching, + the
+one-hot term on the train qrels (labels the teacher never saw). Each is evaluated with exact search over the
+teacher's document embeddings and with each distilled index given by `--indexes` (folders saved by
+compare_faiss.py --save-models): MRR@10 on the test qrels, recall@10 against the teacher's exact top-10, and query encoding
 throughput (queries/second, this machine's threads). Writes `embed_distill.json` / `.md` to `--output-dir`.
 """
 
@@ -31,10 +32,13 @@ from distill_vq.io_utils import write_json, write_text
 from distill_vq.trainer import DistillVQTrainer, DistillVQTrainingArguments
 
 COLUMNS = ["query encoder", "index", "mrr@10", "recall_vs_exact@10", "mrr_kept", "queries_per_second"]
-ABLATIONS = {  # name -> (student score-distillation weight, embedding-matching weight); None = untrained
+SCORE = {"student_loss_weight": 1.0}
+MATCHING = {**SCORE, "embedding_matching_weight": 1.0}
+ABLATIONS = {  # name -> loss weights; None = untrained
     "cut, untrained": None,
-    "score distillation": (1.0, 0.0),
-    "score distillation + embedding matching": (1.0, 1.0),
+    "score distillation": SCORE,
+    "score distillation + embedding matching": MATCHING,
+    "score distillation + embedding matching + labels": {**MATCHING, "label_loss_weight": 1.0},
 }
 
 
@@ -44,21 +48,23 @@ def read_query_texts(folder: Path, embedding_folder: Path) -> list[str]:
     return [text_of[query_id] for query_id in json.loads((embedding_folder / "query_ids.json").read_text())]
 
 
-def train_student(num_layers, weights, docs, train_embeddings, train_texts, args, output_dir) -> DistillVQModel:
-    """A `num_layers` student cut from the teacher, trained with (score, embedding-matching) `weights`."""
+def train_student(layers, weights, docs, train_queries: dict, args, output_dir) -> DistillVQModel:
+    """A student keeping the teacher's `layers`, trained with the loss `weights` on `train_queries` (columns
+    `query_embedding`, `query` and `positive_ids`, the last used only by the label term)."""
     model = DistillVQModel(DistillVQConfig(embedding_dim=docs.shape[1], num_lists=1, num_subvectors=8))
-    model.attach_query_encoder("all-MiniLM-L6-v2", num_layers=num_layers)
+    model.attach_query_encoder("all-MiniLM-L6-v2", layers=layers)
     if weights is None:
         return model
-    student_weight, matching_weight = weights
     training_args = DistillVQTrainingArguments(
         output_dir=str(output_dir), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         use_cpu=True, report_to=[], seed=0, num_teacher_candidates=args.num_teacher_candidates,
         pq_loss_weight=0.0, ivf_loss_weight=0.0, pq_learning_rate=0.0, ivf_learning_rate=0.0,
-        student_loss_weight=student_weight, embedding_matching_weight=matching_weight,
         query_encoder_learning_rate=args.learning_rate, warmup_steps=50, logging_steps=100, save_strategy="no",
+        **weights,
     )
-    dataset = Dataset.from_dict({"query_embedding": train_embeddings, "query": train_texts})
+    if not weights.get("label_loss_weight"):  # the positives would otherwise join the candidates
+        train_queries = {name: column for name, column in train_queries.items() if name != "positive_ids"}
+    dataset = Dataset.from_dict(train_queries)
     tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
     DistillVQTrainer(model, training_args, dataset, docs, processing_class=tokenizer).train()
     return model
@@ -83,11 +89,12 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--embeddings", default="all-MiniLM-L6-v2")
     parser.add_argument("--indexes", type=Path, nargs="*", default=[], help="saved distill-vq models to search")
-    parser.add_argument("--layers", type=int, nargs="+", default=[3, 2])
+    parser.add_argument("--students", nargs="+", default=["0,2,4", "0,3"],
+                        help="the teacher layers each student keeps, comma-separated")
     parser.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=list(ABLATIONS))
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--num-teacher-candidates", type=int, default=50)
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
@@ -125,13 +132,16 @@ def main() -> None:
 
     teacher_embeddings, teacher_speed = timed_encode(TextEncoder("all-MiniLM-L6-v2"), test_texts)
     report("teacher all-MiniLM-L6-v2 (6 layers)", teacher_embeddings, teacher_speed)
-    train_embeddings, train_texts = teacher_queries[train_rows], [texts[row] for row in train_rows]
-    for num_layers in args.layers:
+    train_qrels, row_of = load_qrels(args.folder / "qrels" / "train.tsv"), {doc: row for row, doc in enumerate(doc_ids)}
+    positives = [[row_of[doc] for doc in train_qrels.get(query_ids[row], {}) if doc in row_of] for row in train_rows]
+    train_queries = {"query_embedding": teacher_queries[train_rows], "query": [texts[row] for row in train_rows],
+                     "positive_ids": positives}
+    for spec in args.students:
+        layers = [int(number) for number in spec.split(",")]
         for ablation in args.ablations:
-            weights = ABLATIONS[ablation]
-            student = train_student(num_layers, weights, docs, train_embeddings, train_texts, args,
+            student = train_student(layers, ABLATIONS[ablation], docs, train_queries, args,
                                     args.output_dir / "student-checkpoints")
-            report(f"student {num_layers} layers: {ablation}", *encode_with_student(student, test_texts))
+            report(f"student {len(layers)} layers ({spec}): {ablation}", *encode_with_student(student, test_texts))
 
     teacher_mrr = next(row["mrr@10"] for row in rows if row["index"] == "exact")
     for row in rows:

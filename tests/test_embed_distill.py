@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 from distill_vq import DistillVQConfig, DistillVQModel
 from distill_vq.data import load_corpus
@@ -31,14 +31,22 @@ def student_embeddings(model, tokenizer, texts):
         return model.encode_queries(batch["input_ids"], batch["attention_mask"]).numpy()
 
 
-def test_attach_query_encoder_keeps_the_lower_layers(debian_embeddings):
+def test_attach_query_encoder_keeps_the_chosen_layers(debian_embeddings):
+    teacher = AutoModel.from_pretrained(default_encoder_path())
     model = DistillVQModel(DistillVQConfig(num_lists=8, num_subvectors=8)).attach_query_encoder(
         "sentence-transformers/all-MiniLM-L6-v2", num_layers=2)
     assert model.config.query_encoder_config.num_hidden_layers == 2
     assert len(model.query_encoder.encoder.layer) == 2
     assert model.query_projection is None  # 384 == 384
-    with pytest.raises(ValueError, match="num_layers=9 is not possible"):
-        model.attach_query_encoder("all-MiniLM-L6-v2", num_layers=9)
+    model.attach_query_encoder("all-MiniLM-L6-v2", layers=[0, 2, 4])
+    assert model.config.query_encoder_config.num_hidden_layers == 3
+    for student_layer, teacher_layer in zip(model.query_encoder.encoder.layer, teacher.encoder.layer[0::2]):
+        assert torch.equal(student_layer.output.dense.weight, teacher_layer.output.dense.weight)
+    for flags in ({"num_layers": 9}, {"layers": [0, 6]}, {"layers": [1, 1]}, {"layers": []}):
+        with pytest.raises(ValueError, match="numbered 0 to 5; give distinct numbers"):
+            model.attach_query_encoder("all-MiniLM-L6-v2", **flags)
+    with pytest.raises(ValueError, match="not both"):
+        model.attach_query_encoder("all-MiniLM-L6-v2", num_layers=2, layers=[0, 2])
 
 
 def test_embedding_matching_moves_student_queries_to_the_teacher(debian_embeddings, query_texts, tmp_path):
