@@ -365,8 +365,8 @@ def local_hub(tmp_path, monkeypatch):
     """A running `LocalHub` that `huggingface_hub` (in this process, and subprocesses through the env) talks to.
 
     Sets `HF_ENDPOINT`, `HF_HUB_CACHE` (a fresh folder under `tmp_path`), `HF_TOKEN=test-token` and
-    `HF_HUB_DISABLE_XET=1`, unsets the offline switches, and patches the values `huggingface_hub` (and `datasets`,
-    if imported) read from them at import time.
+    `HF_HUB_DISABLE_XET=1`, unsets the offline switches, and patches the values `huggingface_hub` (and `datasets`
+    and `transformers`, if imported) read from them at import time.
     """
     from huggingface_hub import constants, hf_api
     from huggingface_hub.utils import _cache_manager
@@ -386,6 +386,8 @@ def local_hub(tmp_path, monkeypatch):
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # else uploads go through hf_xet's own protocol
         monkeypatch.setattr(hf_api.api, "endpoint", hub.endpoint)  # `huggingface_hub.create_repo` & co. are bound to it
         monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", cache)
+        if "transformers.utils.hub" in sys.modules:  # its shared HfApi keeps the endpoint it was created with
+            monkeypatch.setattr(sys.modules["transformers.utils.hub"], "_hf_api", None)
         if "datasets.config" in sys.modules:
             datasets_config = sys.modules["datasets.config"]
             monkeypatch.setattr(datasets_config, "HF_ENDPOINT", hub.endpoint)
