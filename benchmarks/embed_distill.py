@@ -7,8 +7,8 @@ lower three) and is trained on the train queries (never the test ones) against t
 embeddings. Ablation rows: the cut student untrained, score distillation only, + embedding matching, + the
 one-hot term on the train qrels (labels the teacher never saw). Each is evaluated with exact search over the
 teacher's document embeddings and with each distilled index given by `--indexes` (folders saved by
-compare_faiss.py --save-models): MRR@10 on the test qrels, recall@10 against the teacher's exact top-10, and query encoding
-throughput (queries/second, this machine's threads). Writes `embed_distill.json` / `.md` to `--output-dir`.
+compare_faiss.py --save-models): MRR@10 on the test qrels, recall@10 against the teacher's exact top-10, and
+query encoding throughput (queries/second, this machine's threads). Writes `embed_distill.json` / `.md` to `--output-dir`.
 """
 
 import argparse
