@@ -19,8 +19,9 @@ from datasets import Dataset
 
 from distill_vq import DistillVQConfig, DistillVQModel
 from distill_vq.data import load_qrels
-from distill_vq.evaluation import evaluate_index, exact_search, format_markdown_table, peak_memory_mb
+from distill_vq.evaluation import evaluate_index, format_markdown_table, peak_memory_mb
 from distill_vq.faiss_bridge import train_faiss_index
+from distill_vq.sampling import exact_search
 from distill_vq.io_utils import atomic_path, write_json, write_text
 from distill_vq.trainer import DistillVQTrainer, DistillVQTrainingArguments
 

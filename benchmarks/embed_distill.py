@@ -27,7 +27,8 @@ from transformers import AutoTokenizer
 from distill_vq import DistillVQConfig, DistillVQModel
 from distill_vq.data import load_qrels
 from distill_vq.encoding import TextEncoder, default_encoder_path
-from distill_vq.evaluation import evaluate_index, exact_search, format_markdown_table
+from distill_vq.evaluation import evaluate_index, format_markdown_table
+from distill_vq.sampling import exact_search
 from distill_vq.io_utils import write_json, write_text
 from distill_vq.trainer import DistillVQTrainer, DistillVQTrainingArguments
 

@@ -1,4 +1,4 @@
-"""Train a distilled IVF-PQ index on a BEIR folder with the library API and print its recall gain over faiss.
+"""Train a distilled IVF-PQ index on a BEIR folder with the library pipeline's stages and print its gain over faiss.
 
     python examples/train_beir.py [FOLDER] [--max-docs 2000] [--max-queries 2000] [--max-steps 100] [--no-rotation]
 
@@ -12,12 +12,11 @@ import tempfile
 import torch
 from datasets import Dataset
 
-from distill_vq import DistillVQConfig, DistillVQModel
-from distill_vq.cli import auto_num_lists
+from distill_vq import DistillVQModel, DistillVQTrainingArguments
 from distill_vq.data import default_data_path, load_beir
 from distill_vq.encoding import TextEncoder
-from distill_vq.evaluation import exact_search, recall_vs_exact
-from distill_vq.trainer import DistillVQTrainer, DistillVQTrainingArguments
+from distill_vq.evaluation import compare_indexes
+from distill_vq.pipeline import TrainSettings, build_config, distill
 
 
 def main() -> None:
@@ -40,25 +39,22 @@ def main() -> None:
     train_embeddings = encoder.encode(train_queries["text"])
     test_embeddings = encoder.encode(test_queries["text"])
 
-    config = DistillVQConfig(embedding_dim=encoder.embedding_dim, num_lists=auto_num_lists(len(corpus)),
-                             num_subvectors=16, use_rotation=not args.no_rotation, encoder_name_or_path=encoder.name)
+    settings = TrainSettings(num_subvectors=16, use_rotation=not args.no_rotation)  # lists: auto, nprobe: config's
+    config = build_config(settings, len(corpus), encoder.embedding_dim, encoder.name)
     model = DistillVQModel.from_embeddings(doc_embeddings, config)  # faiss's own k-means training
-    nprobe = max(1, config.num_lists // 8)
-    faiss_index = model.to_faiss(doc_embeddings, nprobe)
+    faiss_index = model.to_faiss(doc_embeddings)
 
     with tempfile.TemporaryDirectory() as checkpoints:
         training_args = DistillVQTrainingArguments(
             output_dir=checkpoints, max_steps=args.max_steps, per_device_train_batch_size=64, logging_steps=10,
             save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
         )
-        trainer = DistillVQTrainer(model, training_args, Dataset.from_dict({"query_embedding": train_embeddings}),
-                                   doc_embeddings)
-        trainer.train()
-    distilled_index = model.to_faiss(doc_embeddings, nprobe)
+        distill(model, train_embeddings, doc_embeddings, training_args)
+    distilled_index = model.to_faiss(doc_embeddings)
 
-    exact_ids = exact_search(test_embeddings, doc_embeddings, 10)[1]
-    before = recall_vs_exact(faiss_index.search(test_embeddings, 10)[1], exact_ids, 10)
-    after = recall_vs_exact(distilled_index.search(test_embeddings, 10)[1], exact_ids, 10)
+    metrics = compare_indexes({"faiss": faiss_index, "distill-vq": distilled_index}, doc_embeddings,
+                              list(corpus["_id"]), test_embeddings, qrels_for_queries=None)
+    before, after = metrics["faiss"]["recall_vs_exact@10"], metrics["distill-vq"]["recall_vs_exact@10"]
     print(f"{len(corpus)} documents, {len(train_queries)} training and {len(test_queries)} test queries, "
           f"{config.index_factory_string} ({config.bytes_per_vector:g} bytes/vector)")
     print(f"recall@10 vs exact: faiss {before:.3f} -> distill-vq {after:.3f} ({after - before:+.3f})")

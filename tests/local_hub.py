@@ -8,6 +8,10 @@ a (possibly abbreviated) commit sha. Two listeners run on 127.0.0.1: the Hub API
 
 Usage: the `local_hub` pytest fixture (in-process and for subprocesses, through environment variables), or
 `with LocalHub() as hub: ...` and point `HF_ENDPOINT` at `hub.endpoint` yourself.
+
+Faults, for testing clients against a broken Hub: set `hub.fault` to `"hang"` (every request waits, unanswered, until
+the fault is cleared or the hub stops), `"junk"` (every answer is `200` with a body that is not JSON) or
+`"wrong-json"` (every answer is `200` with a JSON list where the Hub sends objects); `None` answers normally.
 """
 
 import base64
@@ -29,6 +33,7 @@ DEFAULT_NAMESPACE = "local-user"
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 _COMMIT_OID = re.compile(r"[0-9a-f]{7,40}")
+FAULT_BODIES = {"junk": b"<html>Bad gateway</html>", "wrong-json": b'["not", "an", "object"]'}
 
 
 class HubError(Exception):
@@ -129,6 +134,12 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.query = parse_qs(url.query)
         self.body = self.rfile.read(int(self.headers.get("Content-Length", 0)))  # read first, even to answer an error
+        if self.hub.fault == "hang":
+            self.hub.answering.wait()
+        if self.hub.fault in FAULT_BODIES:
+            headers = {"Content-Type": "application/json", "X-Repo-Commit": "0" * 40}
+            self._send(200, FAULT_BODIES[self.hub.fault], headers)
+            return
         try:
             for methods, pattern, name in ROUTES:
                 match = re.fullmatch(pattern, url.path)
@@ -145,10 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: dict | list | bytes = b"", headers: dict | None = None):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/octet-stream" if isinstance(body, bytes) else "application/json",
+                   **(headers or {})}
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json")
         self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
+        for key, value in headers.items():
             self.send_header(key, str(value))
         self.end_headers()
         if self.command != "HEAD":
@@ -336,6 +348,24 @@ class LocalHub:
         self.lock = threading.Lock()  # requests are answered one at a time, which makes every commit atomic
         self._servers: list[ThreadingHTTPServer] = []
         self.endpoint = self.cdn = ""
+        self._fault: str | None = None
+        self.answering = threading.Event()  # cleared while the fault is "hang"
+        self.answering.set()
+
+    @property
+    def fault(self) -> str | None:
+        """None, `"hang"`, `"junk"` or `"wrong-json"` (see the module docstring)."""
+        return self._fault
+
+    @fault.setter
+    def fault(self, fault: str | None) -> None:
+        if fault not in (None, "hang", *FAULT_BODIES):
+            raise ValueError(f"Unknown fault {fault!r}; use None, 'hang', {', '.join(map(repr, FAULT_BODIES))}.")
+        self._fault = fault
+        if fault == "hang":
+            self.answering.clear()
+        else:
+            self.answering.set()
 
     def start(self) -> "LocalHub":
         handler = type("Handler", (_Handler,), {"hub": self})
@@ -348,6 +378,7 @@ class LocalHub:
         return self
 
     def stop(self) -> None:
+        self.fault = None  # lets hanging requests go before the servers shut down
         for server in self._servers:
             server.shutdown()
             server.server_close()

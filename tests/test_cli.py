@@ -14,7 +14,8 @@ from local_hub import local_hub  # noqa: F401  (fixture)
 
 from conftest import DATA, DEFAULT_DATA
 from distill_vq import DistillVQModel
-from distill_vq.cli import auto_num_lists, build_parser, main, training_arguments
+from distill_vq.cli import build_parser, main, training_arguments
+from distill_vq.pipeline import auto_num_lists
 from distill_vq.data import DataError, load_corpus
 from distill_vq.output_folder import staged_folder
 
@@ -212,7 +213,7 @@ def test_a_failed_run_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
         raise RuntimeError("killed while writing")
 
     with monkeypatch.context() as patch:
-        patch.setattr("distill_vq.cli.write_index_files", die)
+        patch.setattr("distill_vq.pipeline.write_index_files", die)
         with pytest.raises(RuntimeError, match="killed"):
             main([*flags, "--max-steps", "4"])
     assert not output_dir.exists()

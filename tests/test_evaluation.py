@@ -1,4 +1,4 @@
-"""Exact search, recall against it, label metrics computed by hand, QPS, memory and markdown tables."""
+"""Recall against exact search, label metrics computed by hand, QPS, memory and markdown tables."""
 
 import math
 
@@ -6,41 +6,15 @@ import faiss
 import numpy as np
 import pytest
 
-from distill_vq import evaluation
 from distill_vq.evaluation import (
     evaluate_index,
-    exact_search,
     format_markdown_table,
     label_metrics,
     measure_qps,
     peak_memory_mb,
     recall_vs_exact,
 )
-
-
-@pytest.mark.parametrize("metric", ["inner_product", "l2"])
-def test_exact_search_matches_numpy(random_embeddings, monkeypatch, metric):
-    monkeypatch.setattr(evaluation, "SEARCH_BATCH_ROWS", 7)  # several batches of documents and of queries
-    docs, queries = random_embeddings
-    scores, ids = exact_search(queries, docs.astype(np.float16), k=5, metric=metric)
-    docs = docs.astype(np.float16).astype(np.float32)
-    if metric == "inner_product":
-        expected_scores = queries @ docs.T
-        expected_ids = np.argsort(-expected_scores, axis=1)[:, :5]
-    else:
-        expected_scores = ((queries[:, None, :] - docs[None, :, :]) ** 2).sum(-1)
-        expected_ids = np.argsort(expected_scores, axis=1)[:, :5]
-    assert scores.shape == ids.shape == (16, 5) and ids.dtype == np.int64
-    np.testing.assert_array_equal(ids, expected_ids)
-    np.testing.assert_allclose(scores, np.take_along_axis(expected_scores, expected_ids, axis=1), rtol=1e-4, atol=1e-3)
-
-
-def test_exact_search_rejects_bad_arguments(random_embeddings):
-    docs, queries = random_embeddings
-    with pytest.raises(ValueError, match="Unknown metric 'cosine'"):
-        exact_search(queries, docs, 5, metric="cosine")
-    with pytest.raises(ValueError, match="k=2001 must be between 1 and the number of documents"):
-        exact_search(queries, docs, 2001)
+from distill_vq.sampling import exact_search
 
 
 def test_recall_vs_exact_by_hand():

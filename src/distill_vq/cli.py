@@ -10,56 +10,29 @@ plus the distillation settings), e.g. `--warmup-steps 20 --pq-learning-rate 1e-4
 User errors print one line `distill-vq: error: <message>` and exit with status 2.
 """
 
+from __future__ import annotations
+
 import argparse
-import math
-import os
+import dataclasses
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from accelerate import PartialState
-from datasets import Dataset
 from transformers import HfArgumentParser
 
-from .configuration_distill_vq import DistillVQConfig
+from . import pipeline
 from .data import DataError, default_data_path, load_corpus
-from .faiss_bridge import documents_needed
+from .encoding import DEFAULT_ENCODER_NAME, TextEncoder
 from .hub import download_output_dir, push_output_dir
-from .encoding import DEFAULT_ENCODER_NAME, TextEncoder, encode_dataset_cached, resolve_encoder
 from .losses import SCORE_LOSSES
-from .model_card import card_facts_from_results, write_model_card
-from .modeling_distill_vq import DistillVQModel
-from .output_folder import (
-    check_writable,
-    read_index_files,
-    staged_folder,
-    write_index_files,
-    write_results,
-)
-from .retrieval_task import (
-    RetrievalTask,
-    compare_indexes,
-    evaluation_cutoffs,
-    exact_index,
-    load_task,
-    read_embeddings,
-    training_queries,
-)
-from .trainer import DistillVQTrainer, DistillVQTrainingArguments
-from .validation import check_embeddings
+from .configuration_distill_vq import DistillVQConfig
+from .output_folder import read_index_files
+from .pipeline import DEFAULT_CACHE_DIR, DEFAULT_EVAL_SPLIT, DEFAULT_OUTPUT_DIR, MIN_POINTS_PER_LIST, TrainSettings
+from .trainer import DistillVQTrainingArguments
 
-DEFAULT_OUTPUT_DIR = "./distill-vq-output"
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "distill-vq" / "embeddings"
 DEFAULT_MAX_STEPS = 300
 DISTILLATION_LOSSES = [name for name in SCORE_LOSSES if name != "contrastive"]  # contrastive needs labels
-MIN_POINTS_PER_LIST = 39  # faiss warns below 39 training points per k-means centroid
 SNIPPET_CHARS = 100
-DEFAULT_EVAL_SPLIT = "test"
-EXACT, DISTILLED = "exact", "distill-vq"
-FLAG_OF_SETTING = {"num_lists": "--num-lists", "bits_per_subvector": "--bits-per-subvector",
-                   "use_rotation": "--no-rotation"}
 
 
 class StepPrinter:
@@ -102,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--num-subvectors", type=positive_int, default=16, help="PQ sub-vectors (default: 16)")
     index.add_argument("--bits-per-subvector", type=positive_int, default=8, help="bits per PQ code (default: 8)")
     index.add_argument("--no-rotation", action="store_true", help="no OPQ rotation")
-    index.add_argument("--nprobe", type=positive_int, help="lists searched per query (default: num_lists // 8)")
+    index.add_argument("--nprobe", type=positive_int,
+                       help="lists searched per query (default: num_lists // 8, at least min(num_lists, 8))")
     training = train.add_argument_group("training")
     training.add_argument("--loss", default="listnet", choices=DISTILLATION_LOSSES, help="(default: listnet)")
     training.add_argument("--max-steps", type=positive_int, help=f"optimizer steps (default: {DEFAULT_MAX_STEPS})")
@@ -158,13 +132,6 @@ def _add_data_arguments(parser: argparse.ArgumentParser, encoder: bool = True) -
 # ----- train -----
 
 
-def auto_num_lists(num_docs: int) -> int:
-    """A power of two near `4 * sqrt(num_docs)`, at most `num_docs / 39` so that k-means has enough points."""
-    target = round(math.log2(4 * math.sqrt(num_docs)))
-    cap = math.floor(math.log2(max(num_docs // MIN_POINTS_PER_LIST, 1)))
-    return 2 ** max(0, min(target, cap))
-
-
 def training_arguments(args: argparse.Namespace, flags: list[str]) -> DistillVQTrainingArguments:
     """The command's training settings, overridden by any `DistillVQTrainingArguments` flags passed through."""
     max_steps = -1 if args.num_train_epochs and args.max_steps is None else args.max_steps or DEFAULT_MAX_STEPS
@@ -184,181 +151,21 @@ def training_arguments(args: argparse.Namespace, flags: list[str]) -> DistillVQT
     return training_args
 
 
+def settings_from(args: argparse.Namespace) -> TrainSettings:
+    """The pipeline settings named by the parsed flags (flags a command lacks keep their defaults)."""
+    values = {item.name: getattr(args, item.name) for item in dataclasses.fields(TrainSettings) if hasattr(args, item.name)}
+    if hasattr(args, "no_rotation"):
+        values["use_rotation"] = not args.no_rotation
+    return TrainSettings(**values)
+
+
 def run_train(args: argparse.Namespace) -> None:
-    """Encode, initialise from faiss, distill, export, evaluate and write the output folder.
-
-    Under `accelerate launch` every process encodes its share of the texts and trains on its share of the queries
-    (data parallel); the main process alone evaluates and writes.
-    """
-    check_writable(args.output_dir)
+    settings = settings_from(args)
     training_args = training_arguments(args, args.training_flags)
-    state = PartialState()  # after the training arguments, whose --ddp-* settings start the process group
-    step = StepPrinter(6, enabled=state.is_main_process)
-    task = _load_task(args, step)
-    docs, queries, encoder_name, encoder_revision = _embeddings(task, args, args.encoder, step, state)
-    config = DistillVQConfig(
-        embedding_dim=docs.shape[1], num_lists=args.num_lists or auto_num_lists(len(docs)),
-        num_subvectors=args.num_subvectors, bits_per_subvector=args.bits_per_subvector,
-        use_rotation=not args.no_rotation, encoder_name_or_path=encoder_name, encoder_revision=encoder_revision,
-    )
-    _check_enough_documents(config, len(docs))
-    nprobe = args.nprobe or config.default_nprobe
-    train_rows, eval_rows = task.split_queries(args.seed)
-    train_queries = training_queries(queries, train_rows, docs, args.seed)
-    train_name = "training queries" if len(train_rows) else "documents as pseudo-queries (every query is judged)"
-
-    step(f"Training faiss {config.index_factory_string} on {len(docs)} documents "
-         f"({config.bytes_per_vector:g} bytes/vector)")
-    model = DistillVQModel.from_embeddings(docs, config, seed=args.seed)  # DDP broadcasts the main process's
-    faiss_name = f"faiss {config.index_factory_string}"
-    faiss_index = model.to_faiss(docs, nprobe) if state.is_main_process else None
-
-    with staged_folder(args.output_dir, state) as folder:
-        training_args.output_dir = str(folder / "checkpoints")
-        length = f"{training_args.max_steps} steps" if training_args.max_steps > 0 else \
-            f"{training_args.num_train_epochs:g} epochs"
-        step(f"Distilling exact search into the index: {length} of {training_args.per_device_train_batch_size} "
-             f"x {state.num_processes} of {len(train_queries)} {train_name} ({training_args.loss} loss)")
-        trainer = DistillVQTrainer(model, training_args, Dataset.from_dict({"query_embedding": train_queries}), docs)
-        start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=_resume_argument(training_args.resume_from_checkpoint))
-        training_seconds = time.perf_counter() - start
-        if not state.is_main_process:
-            return
-        indexes = {EXACT: exact_index(docs, config.metric), faiss_name: faiss_index,
-                   DISTILLED: model.to_faiss(docs, nprobe)}
-
-        step(f"Evaluating exact search, faiss and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
-        facts = {
-            **_evaluation_facts(task, indexes, docs, queries, eval_rows, config),
-            "num_train_queries": len(train_queries), "base_model": encoder_name,
-            "dataset_id": _hub_dataset_id(task.corpus_source), "index_factory": config.index_factory_string,
-            "num_lists": config.num_lists, "num_subvectors": config.num_subvectors,
-            "bits_per_subvector": config.bits_per_subvector, "bytes_per_vector": _number(config.bytes_per_vector),
-            "use_rotation": config.use_rotation, "nprobe": nprobe, "loss": training_args.loss,
-            "num_teacher_candidates": training_args.num_teacher_candidates,
-            "training_steps": trainer.state.global_step,
-            "batch_size": training_args.per_device_train_batch_size * state.num_processes,
-            "num_processes": state.num_processes, "training_seconds": round(training_seconds, 1),
-        }
-        gain = gain_summary(facts["results"], faiss_name, config.bytes_per_vector)
-        facts["summary"] = gain[0].upper() + gain[1:] + "."
-
-        step(f"Writing {args.output_dir}")
-        model.save_pretrained(folder)
-        write_index_files(folder, indexes[DISTILLED], task.doc_ids, {
-            "index_factory": config.index_factory_string, "nprobe": nprobe, "num_docs": len(docs),
-            "corpus": _recorded(task.corpus_source), "queries": _recorded(args.queries),
-            "qrels": _recorded(args.qrels), "eval_split": args.eval_split or DEFAULT_EVAL_SPLIT, "seed": args.seed,
-        })
-        table = write_results(folder, facts)
-        write_model_card(folder / "README.md", card_facts_from_results(facts, str(args.output_dir)))
-        _remove_if_empty(folder / "checkpoints")
-    print(table)
-    print(f"distill-vq: wrote {args.output_dir} — {gain}")
-
-
-def _resume_argument(value: str | None) -> str | bool | None:
-    """`--resume-from-checkpoint`: a checkpoint folder, or `true` / `last` for the newest one of this run."""
-    return True if value is not None and value.lower() in ("true", "last") else value
-
-
-def _evaluation_facts(task: RetrievalTask, indexes: dict, docs: np.ndarray, queries: np.ndarray,
-                      eval_rows: np.ndarray, config: DistillVQConfig) -> dict:
-    """The evaluation's setting and one result row per index (for results.json, results.md and the card)."""
-    metrics = compare_indexes(indexes, docs, task.doc_ids, queries[eval_rows], task.qrels_for(eval_rows),
-                              config.metric)
-    bytes_per_vector = {EXACT: 4 * config.embedding_dim}
-    return {
-        "corpus_name": task.corpus_name, "num_docs": len(docs), "num_eval_queries": len(eval_rows),
-        "eval_name": task.eval_name, "embedding_dim": config.embedding_dim, "metric": config.metric,
-        "results": [
-            {"index": name, "bytes/vector": bytes_per_vector.get(name, _number(config.bytes_per_vector)), **values}
-            for name, values in metrics.items()
-        ],
-    }
-
-
-def _check_enough_documents(config: DistillVQConfig, num_docs: int) -> None:
-    """`train_faiss_index`'s check, worded with the flags that lower what faiss's training needs."""
-    needs = documents_needed(config)
-    too_many = [FLAG_OF_SETTING[setting] for setting, count in needs.items() if count > num_docs]
-    if too_many:
-        raise DataError(
-            f"{num_docs} documents are too few to train {config.index_factory_string} (it needs "
-            f"{max(needs.values())}); use more documents, or {' / '.join(too_many)}."
-        )
-
-
-def gain_summary(rows: list[dict], faiss_name: str, bytes_per_vector: float) -> str:
-    """E.g. `recall@10 vs exact 0.584 -> 0.621 (+0.037 over faiss OPQ16,IVF128,PQ16x8 at 16 bytes/vector),
-    MRR@10 0.592 -> 0.616`."""
-    by_name = {row["index"]: row for row in rows}
-    before, after = by_name[faiss_name], by_name[DISTILLED]
-    k = evaluation_cutoffs(10**9)[0]
-    recall = f"recall_vs_exact@{k}"
-    text = (f"recall@{k} vs exact {before[recall]:.3f} -> {after[recall]:.3f} ({after[recall] - before[recall]:+.3f} "
-            f"over {faiss_name} at {bytes_per_vector:g} bytes/vector)")
-    if f"mrr@{k}" in after:
-        text += f", MRR@{k} {before[f'mrr@{k}']:.3f} -> {after[f'mrr@{k}']:.3f}"
-    return text
-
-
-def _number(value: float) -> int | float:
-    """`value` as an int when it is whole (for tables and cards)."""
-    return int(value) if float(value).is_integer() else value
-
-
-def _remove_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-
-
-def _recorded(source: str | None) -> str | None:
-    """A data source or model as recorded for later commands: local paths made absolute, Hub ids and None kept."""
-    if source is None or not Path(source).expanduser().exists():
-        return source
-    return str(Path(source).expanduser().resolve())
-
-
-def _hub_dataset_id(source: str | None) -> str | None:
-    return None if source is None or Path(source).expanduser().exists() else source.partition(":")[0]
-
-
-def _load_task(args: argparse.Namespace, step: StepPrinter) -> RetrievalTask:
-    step(f"Loading {'the packaged default data' if args.corpus is None else args.corpus}")
-    return load_task(args.corpus, args.queries, args.qrels, args.eval_split or DEFAULT_EVAL_SPLIT)
-
-
-def _embeddings(task: RetrievalTask, args: argparse.Namespace, encoder_name: str, step: StepPrinter,
-                state: PartialState | None = None, revision: str | None = None):
-    """`(doc_embeddings, query_embeddings, encoder_name, encoder_revision)`: read from .npy files, else encoded."""
-    num_docs, num_queries = len(task.corpus), len(task.queries)
-    counts = {"documents": num_docs, "queries": 0 if task.pseudo_queries else num_queries}
-    to_encode = [what for what, path in (("documents", args.doc_embeddings), ("queries", args.query_embeddings))
-                 if path is None and counts[what]]
-    name = _recorded(resolve_encoder(encoder_name)[0])
-    if to_encode:
-        step(f"Encoding {' and '.join(f'{counts[what]} {what}' for what in to_encode)} with {name}")
-    else:
-        step("Reading the embeddings")
-    encoder = TextEncoder(encoder_name, revision=revision) if to_encode else None
-    if args.doc_embeddings is not None:
-        docs = read_embeddings(args.doc_embeddings, num_docs, "corpus")
-    else:
-        docs = encode_dataset_cached(encoder, task.corpus, "text", args.cache_dir.expanduser(), accelerator=state)
-    docs = check_embeddings(docs, "doc embeddings")
-    if encoder is not None and encoder.embedding_dim != docs.shape[1]:
-        raise DataError(f"{name} makes {encoder.embedding_dim}-d embeddings but the documents' are "
-                        f"{docs.shape[1]}-d; pass the --encoder that made --doc-embeddings.")
-    if task.pseudo_queries:
-        queries = docs
-    elif args.query_embeddings is not None:
-        queries = read_embeddings(args.query_embeddings, num_queries, "queries", dim=docs.shape[1])
-    else:
-        queries = encode_dataset_cached(encoder, task.queries, "text", args.cache_dir.expanduser(), accelerator=state)
-    queries = check_embeddings(queries, "query embeddings")
-    return docs, queries, name, None if encoder is None else encoder.revision
+    run = pipeline.train(settings, training_args, StepPrinter(6, enabled=training_args.process_index == 0))
+    if run is not None:
+        print(run.table)
+        print(f"distill-vq: wrote {args.output_dir} — {run.headline}")
 
 
 # ----- evaluate -----
@@ -367,28 +174,12 @@ def _embeddings(task: RetrievalTask, args: argparse.Namespace, encoder_name: str
 def run_evaluate(args: argparse.Namespace) -> None:
     if not Path(args.output_dir).is_dir():  # a Hub repository: results go to the working folder, not the Hub cache
         args.results_dir = args.results_dir or Path("evaluation")
-    args.output_dir = _local_output_dir(args.output_dir)
-    if args.results_dir is not None and args.results_dir.resolve() == args.output_dir.resolve():
+    output_dir = _local_output_dir(args.output_dir)
+    if args.results_dir is not None and args.results_dir.resolve() == output_dir.resolve():
         raise DataError("--results-dir must not be the output folder itself: it would replace the training's "
                         "results and card facts; choose another folder.")
-    index, doc_ids, index_config = read_index_files(args.output_dir, args.nprobe)
-    config = DistillVQConfig.from_pretrained(args.output_dir)
-    if args.corpus is None:  # the data the index was trained with
-        args.corpus, args.queries = index_config["corpus"], args.queries or index_config["queries"]
-        args.qrels = args.qrels or index_config["qrels"]
-        args.eval_split = args.eval_split or index_config["eval_split"]
-    step = StepPrinter(3)
-    task = _load_task(args, step)
-    docs, queries, _, _ = _embeddings(task, args, config.encoder_name_or_path or DEFAULT_ENCODER_NAME, step,
-                                      revision=config.encoder_revision)
-    if task.doc_ids != doc_ids:  # another corpus: index it with the trained quantizer
-        index = DistillVQModel.from_pretrained(args.output_dir).to_faiss(docs, args.nprobe or index_config["nprobe"])
-    _, eval_rows = task.split_queries(index_config["seed"])
-    step(f"Evaluating exact search and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
-    facts = _evaluation_facts(task, {EXACT: exact_index(docs, config.metric), DISTILLED: index}, docs, queries,
-                              eval_rows, config)
-    results_dir = args.results_dir or args.output_dir / "evaluation"
-    print(write_results(results_dir, facts))
+    results_dir = args.results_dir or output_dir / "evaluation"
+    print(pipeline.evaluate(output_dir, settings_from(args), results_dir, StepPrinter(3)))
     print(f"distill-vq: wrote {results_dir}")
 
 

@@ -5,6 +5,8 @@ from transformers.configuration_utils import SubConfigSpec
 
 METRICS = ("inner_product", "l2")
 POOLINGS = ("mean", "cls")
+MIN_DEFAULT_NPROBE = 8
+INTEGER_FIELDS = ("embedding_dim", "num_lists", "num_subvectors", "bits_per_subvector", "nprobe")
 
 
 class DistillVQConfig(PreTrainedConfig):
@@ -20,6 +22,8 @@ class DistillVQConfig(PreTrainedConfig):
         num_subvectors (`int`): number of PQ sub-vectors; must divide `embedding_dim`. Bytes per vector is
             `num_subvectors * bits_per_subvector / 8`.
         bits_per_subvector (`int`): bits per PQ code, 1..16 (codebook size `2**bits_per_subvector`).
+        nprobe (`int`, *optional*): IVF lists searched per query, 1..`num_lists`; defaults to an eighth of the lists,
+            but at least `min(num_lists, 8)` so that small indexes are not searched through one list.
         use_rotation (`bool`): whether an OPQ rotation is applied to queries and documents first.
         metric (`str`): `"inner_product"` or `"l2"`; scores are inner products or negative squared distances.
         encoder_name_or_path (`str`, *optional*): Hub id or path of the encoder that made the document
@@ -41,6 +45,7 @@ class DistillVQConfig(PreTrainedConfig):
     num_lists: int = 1024
     num_subvectors: int = 16
     bits_per_subvector: int = 8
+    nprobe: int | None = None
     use_rotation: bool = False
     metric: str = "inner_product"
     encoder_name_or_path: str | None = None
@@ -50,8 +55,18 @@ class DistillVQConfig(PreTrainedConfig):
     normalize_query_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        self._check_types()
+        if self.nprobe is None:
+            self.nprobe = max(self.num_lists // 8, min(self.num_lists, MIN_DEFAULT_NPROBE))
         self._check_shapes()
         super().__post_init__(**kwargs)
+
+    def _check_types(self):
+        """Raise `ValueError` for a field of the wrong type (e.g. `"num_lists": "1024"` in a hand-edited config.json)."""
+        for name in INTEGER_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name}={value!r} must be an integer, not {type(value).__name__}; fix config.json.")
 
     def _check_shapes(self):
         """Raise `ValueError` naming the field and the fix unless faiss can build these shapes."""
@@ -68,6 +83,8 @@ class DistillVQConfig(PreTrainedConfig):
                 f"num_subvectors={self.num_subvectors} does not divide embedding_dim={self.embedding_dim}; "
                 f"choose a divisor such as {divisors}."
             )
+        if not 1 <= self.nprobe <= self.num_lists:
+            raise ValueError(f"nprobe={self.nprobe} must be between 1 and num_lists={self.num_lists}; lower nprobe.")
         if not 1 <= self.bits_per_subvector <= 16:
             raise ValueError(
                 f"bits_per_subvector={self.bits_per_subvector} is outside 1..16; 8 is the usual choice."
@@ -80,11 +97,6 @@ class DistillVQConfig(PreTrainedConfig):
     @property
     def codebook_size(self) -> int:
         return 2**self.bits_per_subvector
-
-    @property
-    def default_nprobe(self) -> int:
-        """IVF lists searched per query when none is given: an eighth of the lists."""
-        return max(1, self.num_lists // 8)
 
     @property
     def bytes_per_vector(self) -> float:

@@ -15,19 +15,31 @@ A source is, in this order of priority:
 A path that does not exist but looks like one (it starts with `.`, `/` or `~`, has more than one
 `/`, or ends in a data-file suffix) is an error, never a Hub lookup.
 
-Errors are `DataError`s naming the problem and the fix. Streaming datasets (`streaming=True`)
+Ids are read as strings (`1` and `"1"` are one id; a csv id `007` stays `007`); a null or empty id is an error.
+Errors are `DataError`s naming the problem and the fix; a file that a reader fails on is re-read to name its
+first bad line (not UTF-8, not a JSON object) or to find it empty or cut off. Streaming datasets (`streaming=True`)
 are checked lazily: the columns and the first row when loaded, empty texts as rows are read;
 duplicate ids and qrels ids are not checked, since that needs a full pass over the data.
 """
 
+import contextlib
 import csv
+import gzip
+import json
+import logging
 import re
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 import datasets
+import numpy as np
+import pyarrow
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datasets.exceptions import DatasetGenerationError
 
 Kind = Literal["corpus", "queries"]
 Qrels = dict[str, dict[str, int]]
@@ -77,23 +89,29 @@ def load_qrels(path: str | Path) -> Qrels:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: no such qrels file; pass a BEIR qrels/<split>.tsv file.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # utf-8-sig drops a byte-order mark
+            return _read_qrels_rows(csv.reader(handle, delimiter="\t"), path)
+    except UnicodeDecodeError as error:
+        raise DataError(_unreadable(path, "qrels", error)) from error
+
+
+def _read_qrels_rows(reader: Iterator[list[str]], path: Path) -> Qrels:
     qrels: Qrels = {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, None)
-        if header != QRELS_HEADER:
+    header = next(reader, None)
+    if header != QRELS_HEADER:
+        raise DataError(
+            f"{path}: the first line is {header}, not the header 'query-id<TAB>corpus-id<TAB>score'; add it."
+        )
+    for line_number, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != 3 or not re.fullmatch(r"-?\d+", row[2].strip()):
             raise DataError(
-                f"{path}: the first line is {header}, not the header 'query-id<TAB>corpus-id<TAB>score'; add it."
+                f"{path}, line {line_number}: expected 'query-id<TAB>corpus-id<TAB>integer score', "
+                f"got {row}; fix that line."
             )
-        for line_number, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != 3 or not re.fullmatch(r"-?\d+", row[2].strip()):
-                raise DataError(
-                    f"{path}, line {line_number}: expected 'query-id<TAB>corpus-id<TAB>integer score', "
-                    f"got {row}; fix that line."
-                )
-            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+        qrels.setdefault(row[0], {})[row[1]] = int(row[2])
     return qrels
 
 
@@ -196,12 +214,15 @@ def _load_texts(source: str | Path, kind: Kind, streaming: bool) -> datasets.Dat
             )
     if path.is_file():
         builder = _file_builder(path)
+        # pandas would read csv ids such as 007 as numbers (7)
+        options = {"converters": {"_id": str, "id": str}} if builder == "csv" else {}
         try:
-            dataset = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
-        except (StopIteration, ValueError) as error:  # what `datasets` raises for an empty file
-            raise DataError(
-                f"{path} is empty or unreadable ({type(error).__name__}: {error}); give it at least one {kind} row."
-            ) from error
+            with _quiet_file_readers():
+                dataset = datasets.load_dataset(
+                    builder, data_files=str(path), split="train", streaming=streaming, **options
+                )
+        except (StopIteration, ValueError, DatasetGenerationError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise DataError(_unreadable(path, kind, error)) from error
     elif _looks_local(str(source)):
         raise DataError(
             f"{source}: no such file or folder; pass {BEIR_LAYOUT}, a .jsonl[.gz]/.csv/.parquet file, "
@@ -211,7 +232,82 @@ def _load_texts(source: str | Path, kind: Kind, streaming: bool) -> datasets.Dat
         repo_id, _, config = str(source).partition(":")
         splits = _load_hub(str(source), repo_id, config or kind, streaming=streaming)
         dataset = _single_split(splits, kind, source)
-    return _normalise(dataset, str(source), kind, streaming)
+    try:
+        return _normalise(dataset, str(source), kind, streaming)
+    except UnicodeDecodeError as error:  # the JSON reader keeps invalid UTF-8; decoding the rows finds it
+        raise DataError(_unreadable(path, kind, error)) from error
+
+
+@contextlib.contextmanager
+def _quiet_file_readers():
+    """Mute the error log of `datasets`' file readers: their failures are reported as one `DataError` instead."""
+    readers = logging.getLogger("datasets.packaged_modules")
+    level = readers.level
+    readers.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        readers.setLevel(level)
+
+
+def _unreadable(path: Path, kind: str, error: BaseException) -> str:
+    """The message for a data file a library failed to read, naming the first bad line when a re-read finds it."""
+    damage = _find_damage(path, kind) if path.is_file() else None
+    if damage is not None:
+        return f"{path}{damage}."
+    cause = error.__cause__ or error  # a DatasetGenerationError carries the reader's error as its cause
+    return (
+        f"{path} cannot be read as {kind} ({type(cause).__name__}: {' '.join(str(cause).split())}); "
+        "fix the file, or export it again (JSON lines with '_id' and 'text' keys are the safest format)."
+    )
+
+
+def _find_damage(path: Path, kind: str) -> str | None:
+    """What a re-read finds wrong with a data file, as a message tail, or None.
+
+    Finds an empty file, a damaged gzip stream, and (reading line by line) the first line that is not UTF-8 or,
+    in JSON lines, not a JSON object.
+    """
+    empty = f" is empty: it has no {kind} rows; give it at least one"
+    if path.suffix == ".parquet":
+        try:
+            return empty if pq.read_metadata(path).num_rows == 0 else None
+        except pyarrow.ArrowException:
+            return None
+    is_json_lines = ".jsonl" in path.suffixes
+    is_empty = True
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                problem = _line_problem(line, line_number == 1, is_json_lines)
+                if problem is not None:
+                    if not line.endswith(b"\n"):
+                        problem += " (the file ends inside that line: was it cut off? write or download it again)"
+                    return f", line {line_number}: {problem}"
+                is_empty = is_empty and not line.strip()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        return f" is not a complete gzip file ({error}); compress it again, or drop the .gz suffix if it is plain text"
+    return empty if is_empty else None
+
+
+def _line_problem(line: bytes, is_first: bool, is_json_lines: bool) -> str | None:
+    """What is wrong with one line of a text data file (bytes not UTF-8, or not one JSON object), or None."""
+    try:
+        text = line.decode("utf-8-sig" if is_first else "utf-8")
+    except UnicodeDecodeError as error:
+        return (
+            f"byte {error.start + 1} (0x{line[error.start]:02x}) is not UTF-8; "
+            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        )
+    if not is_json_lines or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        return f"not valid JSON ({error.msg.removesuffix(' at')} at column {error.colno}); fix or drop that line"
+    if not isinstance(value, dict):
+        return f"{text.strip()[:40]} is not a JSON object; write each row as {{\"_id\": ..., \"text\": ...}}"
+    return None
 
 
 def _beir_file(folder: Path, kind: Kind) -> Path | None:
@@ -271,8 +367,14 @@ def _normalise(dataset, source: str, kind: Kind, streaming: bool) -> datasets.Da
     if id_column is None:
         raise DataError(f"{source} has no '_id' or 'id' column (columns: {columns}); add a unique id to every row.")
 
-    def to_id_and_text(batch: dict) -> dict:
-        ids = [str(row_id) for row_id in batch[id_column]]
+    def to_id_and_text(batch: dict, rows: list[int]) -> dict:
+        for row, row_id in zip(rows, batch[id_column]):
+            if row_id is None or not str(row_id).strip():
+                raise DataError(
+                    f"{source}: {kind} row {row + 1} has no '{id_column}' (it is null, empty or missing); "
+                    "give every row a unique id."
+                )
+        ids = [str(row_id) for row_id in batch[id_column]]  # ids mixing numbers and strings all become strings
         texts = ["" if text is None else str(text) for text in batch["text"]]
         if "title" in batch:
             texts = [f"{title} {text}".strip() if title else text for title, text in zip(batch["title"], texts)]
@@ -283,7 +385,8 @@ def _normalise(dataset, source: str, kind: Kind, streaming: bool) -> datasets.Da
                 )
         return {"_id": ids, "text": texts}
 
-    dataset = dataset.map(to_id_and_text, batched=True, remove_columns=columns)
+    features = datasets.Features({"_id": datasets.Value("string"), "text": datasets.Value("string")})
+    dataset = dataset.map(to_id_and_text, with_indices=True, batched=True, remove_columns=columns, features=features)
     if not streaming:
         _check_unique_ids(dataset, source)
     return dataset
@@ -298,3 +401,129 @@ def _check_unique_ids(dataset: datasets.Dataset, source: str) -> None:
             f"{source}: id '{example['values']}' appears {example['counts']} times "
             f"({len(repeated)} ids occur more than once); ids must be unique, drop or rename the duplicates."
         )
+
+
+# ----- the retrieval task of the `distill-vq` command -----
+# Training never sees an evaluation query. With qrels, the evaluation queries are those judged in the evaluation split
+# and training uses every other query; without qrels, a random 10% of the queries is held out and scored against exact
+# search only. Without queries, or when every query is judged, documents serve as pseudo-queries (Distill-VQ needs no
+# labels).
+
+HELD_OUT_FRACTION = 0.1
+
+
+@dataclass
+class RetrievalTask:
+    """Documents and queries as `_id`, `text` rows, and the qrels of the evaluation queries.
+
+    Attributes:
+        corpus_source: the corpus as given (None: the packaged default data).
+        eval_qrels: query id -> {doc id: score} of the evaluation split, or None without qrels.
+        eval_name: how the evaluation queries were chosen, for reports (e.g. `"test"`).
+        pseudo_queries: whether `queries` are the documents themselves.
+    """
+
+    corpus_source: str | None
+    corpus: datasets.Dataset
+    queries: datasets.Dataset
+    eval_qrels: Qrels | None
+    eval_name: str
+    pseudo_queries: bool = False
+
+    @property
+    def doc_ids(self) -> list[str]:
+        """Document ids by row."""
+        return list(self.corpus["_id"])
+
+    @property
+    def corpus_name(self) -> str:
+        return "the packaged Debian package descriptions" if self.corpus_source is None else self.corpus_source
+
+    def split_queries(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """`(train_rows, eval_rows)` of `queries`: the rest vs the judged evaluation queries, or a seeded 10% hold-out.
+
+        `train_rows` is empty when every query is judged (see `training_queries`).
+        """
+        query_ids = list(self.queries["_id"])
+        if self.eval_qrels is not None:
+            is_eval = np.array([query_id in self.eval_qrels for query_id in query_ids], dtype=bool)
+        else:
+            order = np.random.default_rng(seed).permutation(len(query_ids))
+            is_eval = np.zeros(len(query_ids), dtype=bool)
+            is_eval[order[: max(1, round(HELD_OUT_FRACTION * len(query_ids)))]] = True
+        return np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
+
+    def qrels_for(self, query_rows: np.ndarray) -> list[dict[str, int]] | None:
+        """Per query row, its {doc id: score}; None without qrels."""
+        if self.eval_qrels is None:
+            return None
+        query_ids = self.queries.select(query_rows)["_id"]
+        return [self.eval_qrels.get(query_id, {}) for query_id in query_ids]
+
+
+def load_task(
+    corpus: str | None = None, queries: str | None = None, qrels: str | None = None, eval_split: str = "test"
+) -> RetrievalTask:
+    """Load the corpus (default: the packaged data), its queries and the evaluation qrels.
+
+    Args:
+        corpus: a BEIR folder, a jsonl/csv/parquet file or a Hub dataset id.
+        queries: a queries file, folder or Hub id; default: the corpus source's queries.
+        qrels: a qrels `.tsv` file (the evaluation qrels), a folder of `<split>.tsv` files or a Hub id
+            (read `eval_split` from it), or a split name (overrides `eval_split`); default: the corpus folder's.
+        eval_split: the qrels split whose queries are held out for evaluation.
+    """
+    source = Path(default_data_path() if corpus is None else corpus).expanduser()
+    qrels_file = qrels_source = None
+    if qrels is not None:
+        if qrels.endswith(".tsv") or Path(qrels).expanduser().is_file():
+            qrels_file = qrels
+        elif Path(qrels).expanduser().is_dir() or "/" in qrels:
+            qrels_source = qrels
+        else:
+            eval_split = qrels
+    if source.is_file():
+        if qrels_source is not None:
+            raise DataError(f"--qrels {qrels}: when --corpus is a file, give the evaluation qrels as a .tsv file.")
+        corpus_rows, query_rows, split_qrels = load_corpus(source), None, {}
+    else:
+        data = load_beir(corpus or source, qrels_source=qrels_source)
+        corpus_rows, query_rows, split_qrels = data.corpus, data.queries, data.qrels
+    if queries is not None:
+        query_rows = load_queries(queries)
+    if qrels_file is not None:
+        eval_qrels, eval_name = load_qrels(qrels_file), Path(qrels_file).name
+    elif split_qrels or qrels is not None:
+        if eval_split not in split_qrels:
+            raise DataError(f"there is no qrels split '{eval_split}' (available: {sorted(split_qrels)}); "
+                            "pass --eval-split, or a qrels .tsv file with --qrels.")
+        eval_qrels, eval_name = split_qrels[eval_split], eval_split
+    else:
+        eval_qrels, eval_name = None, f"held-out {HELD_OUT_FRACTION:.0%} of the queries"
+    pseudo_queries = query_rows is None
+    if pseudo_queries:
+        query_rows, eval_qrels = corpus_rows, None
+        eval_name = f"held-out {HELD_OUT_FRACTION:.0%} of the documents as pseudo-queries"
+    if eval_qrels is not None:
+        check_qrels(eval_qrels, corpus_rows["_id"], query_rows["_id"], name=f"qrels '{eval_name}'")
+    corpus_source = None if corpus is None else str(corpus)
+    return RetrievalTask(corpus_source, corpus_rows, query_rows, eval_qrels, eval_name, pseudo_queries)
+
+
+def read_embeddings(path: str | Path, num_rows: int, what: str, dim: int | None = None) -> np.ndarray:
+    """A `.npy` of `(num_rows, dim)` embeddings, rows in the order of the `what` texts, memory-mapped."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such embeddings file; pass a .npy with one row per {what} entry.")
+    try:
+        embeddings = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        raise DataError(f"{path} is not a plain .npy array ({error}); save it with numpy.save.") from error
+    if embeddings.ndim != 2 or len(embeddings) != num_rows:
+        raise DataError(
+            f"{path} has shape {embeddings.shape} but the {what} has {num_rows} rows; give one embedding row per "
+            f"{what} entry, in file order."
+        )
+    if dim is not None and embeddings.shape[1] != dim:
+        raise DataError(f"{path} has dimension {embeddings.shape[1]}, not {dim}; embed both sides with one encoder.")
+    return embeddings

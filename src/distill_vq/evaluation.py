@@ -14,38 +14,10 @@ from typing import Mapping, Sequence
 import faiss
 import numpy as np
 
-from .faiss_bridge import FAISS_METRICS
+from .sampling import exact_search
 from .validation import check_embeddings
 
-SEARCH_BATCH_ROWS = 4096
-
-
-def exact_search(
-    query_embeddings: np.ndarray, doc_embeddings: np.ndarray, k: int, metric: str = "inner_product"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top-`k` with a faiss flat index: `(scores (Q, k) float32, ids (Q, k) int64)`, best first.
-
-    Args:
-        query_embeddings: `(Q, dim)`; doc_embeddings: `(N, dim)`, any float dtype, memory-mapped or not.
-        metric: `"inner_product"` (scores: larger is better) or `"l2"` (squared distances: smaller is better).
-
-    Documents are added and queries searched in batches of `SEARCH_BATCH_ROWS`, so float16 or
-    memory-mapped inputs are converted a batch at a time (faiss keeps its own float32 copy of the documents).
-    """
-    if metric not in FAISS_METRICS:
-        raise ValueError(f"Unknown metric '{metric}'; use one of {sorted(FAISS_METRICS)}.")
-    if not 1 <= k <= len(doc_embeddings):
-        raise ValueError(f"k={k} must be between 1 and the number of documents ({len(doc_embeddings)}).")
-    dim = check_embeddings(doc_embeddings[:1], "doc_embeddings").shape[1]
-    index = faiss.IndexFlat(dim, FAISS_METRICS[metric])
-    for start in range(0, len(doc_embeddings), SEARCH_BATCH_ROWS):
-        index.add(check_embeddings(doc_embeddings[start : start + SEARCH_BATCH_ROWS], "doc_embeddings", dim))
-    scores = np.empty((len(query_embeddings), k), dtype=np.float32)
-    ids = np.empty((len(query_embeddings), k), dtype=np.int64)
-    for start in range(0, len(query_embeddings), SEARCH_BATCH_ROWS):
-        batch = check_embeddings(query_embeddings[start : start + SEARCH_BATCH_ROWS], "query_embeddings", dim)
-        scores[start : start + len(batch)], ids[start : start + len(batch)] = index.search(batch, k)
-    return scores, ids
+EVALUATION_CUTOFFS = (10, 100)
 
 
 def recall_vs_exact(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
@@ -187,3 +159,27 @@ def format_markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None
     rules = ["-" * (width - 1) + ":" if right else "-" * width for width, right in zip(widths, numeric)]
     separator = "| " + " | ".join(rules) + " |"
     return "\n".join([line(columns), separator, *(line(row) for row in cells)])
+
+
+def evaluation_cutoffs(num_docs: int) -> tuple[int, ...]:
+    """The cutoffs `k` to report, capped at the corpus size."""
+    return tuple(sorted({min(k, num_docs) for k in EVALUATION_CUTOFFS}))
+
+
+def compare_indexes(
+    indexes: dict[str, faiss.Index],
+    doc_embeddings: np.ndarray,
+    doc_ids: list[str],
+    query_embeddings: np.ndarray,
+    qrels_for_queries: list[dict[str, int]] | None,
+    metric: str = "inner_product",
+) -> dict[str, dict[str, float]]:
+    """Index name -> its `recall_vs_exact@k`, label metrics (with qrels) and `qps` on the same queries."""
+    queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+    cutoffs = evaluation_cutoffs(len(doc_ids))
+    exact_ids = exact_search(queries, doc_embeddings, max(cutoffs), metric)[1]
+    results = {}
+    for name, index in indexes.items():
+        metrics = evaluate_index(index, queries, doc_ids, qrels_for_queries, exact_ids, cutoffs)
+        results[name] = {**metrics, "qps": round(metrics["qps"])}
+    return results

@@ -18,11 +18,11 @@ def _unsupported(what: str) -> ValueError:
     return ValueError(f"Unsupported faiss index: {what}. Supported: {SUPPORTED_INDEXES}.")
 
 
-def read_faiss_index(index: faiss.Index) -> tuple[DistillVQConfig, dict[str, np.ndarray], int]:
-    """Read a trained faiss index into a config, its weights and its `nprobe`.
+def read_faiss_index(index: faiss.Index) -> tuple[DistillVQConfig, dict[str, np.ndarray]]:
+    """Read a trained faiss index into a config (its `nprobe` included) and its weights.
 
     Returns:
-        `(config, weights, nprobe)` where weights holds `ivf_centroids (num_lists, dim)`,
+        `(config, weights)` where weights holds `ivf_centroids (num_lists, dim)`,
         `pq_codebooks (num_subvectors, 2**bits, dim // num_subvectors)` and `rotation (dim, dim)`.
     """
     dim = index.d
@@ -57,6 +57,7 @@ def read_faiss_index(index: faiss.Index) -> tuple[DistillVQConfig, dict[str, np.
         num_lists=index.nlist,
         num_subvectors=pq.M,
         bits_per_subvector=pq.nbits,
+        nprobe=min(index.nprobe, index.nlist),
         use_rotation=use_rotation,
         metric=metric,
     )
@@ -65,7 +66,7 @@ def read_faiss_index(index: faiss.Index) -> tuple[DistillVQConfig, dict[str, np.
         "pq_codebooks": faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub),
         "rotation": rotation,
     }
-    return config, weights, index.nprobe
+    return config, weights
 
 
 def build_faiss_index(
@@ -74,7 +75,7 @@ def build_faiss_index(
     pq_codebooks: np.ndarray,
     rotation: np.ndarray,
     doc_embeddings: np.ndarray | None = None,
-    nprobe: int = 1,
+    nprobe: int | None = None,
     batch_size: int = 65536,
 ) -> faiss.Index:
     """Build `faiss.index_factory(config.index_factory_string)` carrying exactly these weights.
@@ -83,6 +84,7 @@ def build_faiss_index(
         ivf_centroids: `(num_lists, dim)`; pq_codebooks: `(num_subvectors, 2**bits, dim // num_subvectors)`;
         rotation: `(dim, dim)`, used only when `config.use_rotation`.
         doc_embeddings: optional `(num_docs, dim)` documents to add, with ids `0..num_docs-1`.
+        nprobe: lists searched per query; default `config.nprobe`.
     """
     index = faiss.index_factory(config.embedding_dim, config.index_factory_string, FAISS_METRICS[config.metric])
     if config.use_rotation:
@@ -96,7 +98,7 @@ def build_faiss_index(
     ivf.is_trained = True
     index.is_trained = True
     ivf.precompute_table()
-    ivf.nprobe = nprobe
+    ivf.nprobe = nprobe or config.nprobe
     if doc_embeddings is not None:
         for start in tqdm(range(0, len(doc_embeddings), batch_size), desc="Adding documents", unit="batch",
                           disable=len(doc_embeddings) <= batch_size):
@@ -134,6 +136,15 @@ def train_faiss_index(doc_embeddings: np.ndarray, config: DistillVQConfig, seed:
     ivf.pq.cp.seed = seed
     ivf.do_polysemous_training = False  # only permutes codewords for Hamming filtering, which is not used
     index.train(np.ascontiguousarray(doc_embeddings, dtype=np.float32))
+    return index
+
+
+def flat_index(doc_embeddings, metric: str = "inner_product", batch_size: int = 65536) -> faiss.Index:
+    """Exact search as a faiss index: a flat index of `doc_embeddings (N, dim)`, added in batches (a memmap is read
+    a batch at a time)."""
+    index = faiss.IndexFlat(doc_embeddings.shape[1], FAISS_METRICS[metric])
+    for start in range(0, len(doc_embeddings), batch_size):
+        index.add(np.ascontiguousarray(doc_embeddings[start : start + batch_size], dtype=np.float32))
     return index
 
 

@@ -1,9 +1,7 @@
 """`DistillVQModel`: IVF centroids, residual PQ codebooks and an OPQ rotation, scored exactly as faiss does."""
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +13,6 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file
 
 from .configuration_distill_vq import DistillVQConfig
 from .encoding import pool_tokens, resolve_encoder
-from .hub import push_output_dir
 from .faiss_bridge import build_faiss_index, read_faiss_index, train_faiss_index
 from .validation import check_embeddings
 
@@ -49,23 +46,31 @@ class DistillVQOutput(ModelOutput):
 def pairwise_scores(queries: torch.Tensor, docs: torch.Tensor, metric: str) -> torch.Tensor:
     """Scores of `queries (B, D)` against `docs (N, D)` -> `(B, N)`, or against `docs (B, K, D)` -> `(B, K)`.
 
-    Inner product, or the negative squared L2 distance, so that higher is better for both metrics.
+    Inner product, or the negative squared L2 distance, so that higher is better for both metrics. Always float32
+    with autocast off (as vector-quantize-pytorch's `Codebook.forward`): under bf16 mixed precision the scores, and
+    the list assignments made from them, stay those of the exported faiss index.
     """
-    if docs.dim() == 2:
-        products = queries @ docs.T
-    else:
-        products = torch.einsum("bd,bkd->bk", queries, docs)
-    if metric == "inner_product":
-        return products
-    query_norms = queries.pow(2).sum(-1, keepdim=True)
-    doc_norms = docs.pow(2).sum(-1)
-    return 2 * products - query_norms - (doc_norms if docs.dim() == 3 else doc_norms.unsqueeze(0))
+    with torch.autocast(queries.device.type, enabled=False):
+        queries, docs = queries.float(), docs.float()
+        if docs.dim() == 2:
+            products = queries @ docs.T
+        else:
+            products = torch.einsum("bd,bkd->bk", queries, docs)
+        if metric == "inner_product":
+            return products
+        query_norms = queries.pow(2).sum(-1, keepdim=True)
+        doc_norms = docs.pow(2).sum(-1)
+        return 2 * products - query_norms - (doc_norms if docs.dim() == 3 else doc_norms.unsqueeze(0))
 
 
 class DistillVQPreTrainedModel(PreTrainedModel):
     config_class = DistillVQConfig
     base_model_prefix = "distill_vq"
     main_input_name = "query_embeddings"
+    # The model card's facts (`distill_vq.model_card.DistillVQModelCardData`), written to README.md on save; set by
+    # `DistillVQTrainer`, or by hand. Anything with `save(folder, config, model_id=None)` serves: this module
+    # imports nothing of the card.
+    model_card_data = None
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -126,25 +131,19 @@ class DistillVQModel(DistillVQPreTrainedModel):
                 f"implies: {mismatches}. Load it with the config it was saved with, or rebuild the model."
             ) from error
 
-    def push_to_hub(self, repo_id: str, *, tokenizer=None, model_card=None, private: bool = False,
-                    token: str | None = None, revision: str | None = None, commit_message: str | None = None):
-        """Upload the config, the weights (the query encoder's too, when the model carries one, with `tokenizer`'s
-        files) and the model card in one commit; see `distill_vq.hub.push_output_dir`.
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus `README.md` from `model_card_data` when the model carries one
+        (`DistillVQTrainer` attaches it): rendered again if distill-vq wrote it, updated if written by hand."""
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process and self.model_card_data is not None:
+            self.model_card_data.save(save_directory, self.config)
 
-        `model_card` is a `huggingface_hub.ModelCard`; by default one is rendered from the config (a `distill-vq
-        train` folder, pushed with `distill_vq.hub.push_output_dir`, carries the card of its run instead).
-        """
-        if model_card is None:
-            from .model_card import card_facts_from_config, render_model_card
-
-            model_card = render_model_card(card_facts_from_config(self.config, repo_id))
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(folder)
-            model_card.save(Path(folder) / "README.md")
-            return push_output_dir(folder, repo_id, private=private, token=token, revision=revision,
-                                   commit_message=commit_message)
+    def _upload_modified_files(self, working_dir, repo_id: str, *args, **kwargs):
+        """`push_to_hub` replaces the saved README.md with the repository's card (or transformers' placeholder)
+        before this upload; write the model card over it, naming `repo_id`, so that the push carries it."""
+        if self.model_card_data is not None:
+            self.model_card_data.save(working_dir, self.config, model_id=repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def attach_query_encoder(self, encoder_name_or_path, num_layers: int | None = None,
                              layers: Sequence[int] | None = None, revision: str | None = None):
@@ -185,7 +184,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
 
         `config_kwargs` (e.g. `encoder_name_or_path`) are added to the config read from the index.
         """
-        config, weights, _ = read_faiss_index(index)
+        config, weights = read_faiss_index(index)
         config.update(config_kwargs)
         model = cls(config)
         with torch.no_grad():
@@ -203,8 +202,9 @@ class DistillVQModel(DistillVQPreTrainedModel):
         extra = {key: getattr(config, key) for key in config.to_diff_dict() if key not in _FAISS_FIELDS}
         return cls.from_faiss(index, **extra)
 
-    def to_faiss(self, doc_embeddings=None, nprobe: int = 1):
-        """A faiss index carrying the current weights, with `doc_embeddings (N, dim)` added as ids `0..N-1`.
+    def to_faiss(self, doc_embeddings=None, nprobe: int | None = None):
+        """A faiss index carrying the current weights, with `doc_embeddings (N, dim)` added as ids `0..N-1`, searching
+        `nprobe` lists per query (default: `config.nprobe`).
 
         Its scores equal `forward(...).pq_scores` (for l2, faiss returns squared distances, i.e. `-pq_scores`).
         """
@@ -217,7 +217,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
             self.pq_codebooks.detach().cpu().float().numpy(),
             self.rotation.detach().cpu().float().numpy(),
             doc_embeddings=docs,
-            nprobe=nprobe,
+            nprobe=nprobe or self.config.nprobe,
         )
 
     # ----- quantization -----
@@ -226,11 +226,12 @@ class DistillVQModel(DistillVQPreTrainedModel):
         """`(..., dim) -> (..., dim)`: `R x`, the OPQ rotation (identity without OPQ)."""
         if not self.config.use_rotation:
             return embeddings
-        return embeddings @ self.rotation.T
+        with torch.autocast(embeddings.device.type, enabled=False):  # quantization runs in fp32 (see assign_lists)
+            return embeddings.float() @ self.rotation.float().T
 
     @torch.no_grad()
     def assign_lists(self, rotated_docs: torch.Tensor) -> torch.Tensor:
-        """`(N, dim) -> (N,)`: the IVF list faiss assigns each (rotated) document to."""
+        """`(N, dim) -> (N,)`: the IVF list faiss assigns each (rotated) document to (scored in float32)."""
         scores = pairwise_scores(rotated_docs, self.ivf_centroids, self.config.metric)
         return scores.argmax(dim=-1)
 
@@ -243,36 +244,44 @@ class DistillVQModel(DistillVQPreTrainedModel):
         through a softmax over codewords at `temperature` (default: the batch's mean gap between the nearest
         and the second-nearest codeword distance, so it follows the data's scale).
 
+        Runs in float32 with autocast off, so that the codes are faiss's under mixed precision too.
+
         Returns:
-            `(reconstruction (N, dim), codes (N, num_subvectors), temperature ())`.
+            `(reconstruction (N, dim) float32, codes (N, num_subvectors), temperature ())`.
         """
         num_docs = residuals.shape[0]
-        subvectors = residuals.reshape(num_docs, self.config.num_subvectors, -1).transpose(0, 1)  # (M, N, dsub)
-        codebooks = self.pq_codebooks  # (M, K, dsub)
-        # squared distance to every codeword, up to the per-subvector constant ||r||^2: (M, N, K)
-        distances = torch.baddbmm(codebooks.pow(2).sum(-1).unsqueeze(1), subvectors, codebooks.transpose(1, 2), alpha=-2)
-        codes = distances.argmin(dim=-1)  # (M, N)
-        if temperature is None:
-            nearest_two = distances.detach().topk(2, dim=-1, largest=False).values
-            temperature = (nearest_two[..., 1] - nearest_two[..., 0]).mean().clamp_min(1e-12)
-        temperature = torch.as_tensor(temperature, dtype=distances.dtype, device=distances.device)
-        soft = torch.softmax(-distances / temperature, dim=-1)
-        hard_codewords = codebooks.gather(1, codes.unsqueeze(-1).expand(-1, -1, codebooks.shape[-1]))  # (M, N, dsub)
-        # straight-through: the value is the hard codeword, the assignment's gradient is the soft one's
-        reconstruction = hard_codewords + torch.bmm(soft - soft.detach(), codebooks.detach())
+        with torch.autocast(residuals.device.type, enabled=False):
+            # (M, N, dsub)
+            subvectors = residuals.float().reshape(num_docs, self.config.num_subvectors, -1).transpose(0, 1)
+            codebooks = self.pq_codebooks.float()  # (M, K, dsub)
+            # squared distance to every codeword, up to the per-subvector constant ||r||^2: (M, N, K)
+            distances = torch.baddbmm(codebooks.pow(2).sum(-1).unsqueeze(1), subvectors, codebooks.transpose(1, 2),
+                                      alpha=-2)
+            codes = distances.argmin(dim=-1)  # (M, N)
+            if temperature is None:
+                nearest_two = distances.detach().topk(2, dim=-1, largest=False).values
+                temperature = (nearest_two[..., 1] - nearest_two[..., 0]).mean().clamp_min(1e-12)
+            temperature = torch.as_tensor(temperature, dtype=distances.dtype, device=distances.device)
+            soft = torch.softmax(-distances / temperature, dim=-1)
+            # (M, N, dsub)
+            hard_codewords = codebooks.gather(1, codes.unsqueeze(-1).expand(-1, -1, codebooks.shape[-1]))
+            # straight-through: the value is the hard codeword, the assignment's gradient is the soft one's
+            reconstruction = hard_codewords + torch.bmm(soft - soft.detach(), codebooks.detach())
         return reconstruction.transpose(0, 1).reshape(num_docs, -1), codes.T, temperature
 
     @torch.no_grad()
     def quantize(self, doc_embeddings, batch_size: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode `doc_embeddings (N, dim)` as faiss does: `(list_ids (N,), codes (N, num_subvectors))`."""
+        """Encode `doc_embeddings (N, dim)` as faiss does, in float32 with autocast off:
+        `(list_ids (N,), codes (N, num_subvectors))`."""
         docs = torch.from_numpy(check_embeddings(doc_embeddings, "doc_embeddings", self.config.embedding_dim))
         list_ids, codes = [], []
-        for batch in docs.to(self.device).split(batch_size):
-            rotated = self.rotate(batch)
-            lists = self.assign_lists(rotated)
-            _, batch_codes, _ = self.quantize_residuals(rotated - self.ivf_centroids[lists], temperature=1.0)
-            list_ids.append(lists)
-            codes.append(batch_codes)
+        with torch.autocast(self.device.type, enabled=False):
+            for batch in docs.to(self.device).split(batch_size):
+                rotated = self.rotate(batch)
+                lists = self.assign_lists(rotated)
+                _, batch_codes, _ = self.quantize_residuals(rotated - self.ivf_centroids[lists], temperature=1.0)
+                list_ids.append(lists)
+                codes.append(batch_codes)
         return torch.cat(list_ids), torch.cat(codes)
 
     @torch.no_grad()

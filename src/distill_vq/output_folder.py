@@ -5,13 +5,17 @@
     index_config.json                nprobe and the data sources, for `evaluate` and `search`
     results.json, results.md         the evaluation of exact search, faiss and distill-vq
     recall.png                       a bar chart of those results
-    README.md                        the model card
+    README.md, model_card_data.json  the model card and its facts (see `model_card`)
 
 `search` shows document texts by re-reading the corpus recorded in `index_config.json` (`corpus: null` is the
 packaged default data), so the folder stays small; a corpus that moved can be given again with `--corpus`.
+`read_index_files` is the one reader of the index files (`hub.load_index` fetches a repository's, then calls it).
 """
 
+from __future__ import annotations
+
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -20,12 +24,13 @@ from pathlib import Path
 
 import faiss
 from accelerate import PartialState
-from matplotlib.figure import Figure
 
 from .data import DataError
 from .evaluation import format_markdown_table
 from .faiss_bridge import write_index
 from .io_utils import write_json, write_text
+
+logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 DOC_IDS_FILE = "doc_ids.json"
@@ -98,7 +103,9 @@ def write_index_files(folder: Path, index: faiss.Index, doc_ids: list[str], inde
 
 
 def read_index_files(folder: str | Path, nprobe: int | None = None) -> tuple[faiss.Index, list[str], dict]:
-    """`(index, doc_ids, index_config)` of an output folder, the index searching `nprobe` lists (default: stored)."""
+    """`(index, doc_ids, index_config)` of a folder holding `index.faiss`, `doc_ids.json` and `index_config.json`
+    (a `distill-vq train` folder, or `write_index_files` output), the index searching `nprobe` lists (default: the
+    stored one)."""
     folder = Path(folder)
     missing = [name for name in (INDEX_FILE, DOC_IDS_FILE, INDEX_CONFIG_FILE) if not (folder / name).is_file()]
     if missing:
@@ -121,6 +128,8 @@ def write_results(folder: Path, results: dict) -> str:
 
 def plot_results(rows: list[dict], path: Path) -> None:
     """A grouped bar chart: one group per metric of `CHART_METRICS` present, one bar per index."""
+    from matplotlib.figure import Figure  # here, so that `import distill_vq` does not load matplotlib
+
     metrics = [metric for metric in CHART_METRICS if any(metric in row for row in rows)]
     figure = Figure(figsize=(7, 4), layout="constrained")
     axes = figure.subplots()
@@ -134,3 +143,10 @@ def plot_results(rows: list[dict], path: Path) -> None:
     axes.set_ylabel("score")
     axes.legend(loc="upper center", ncols=len(rows), fontsize=8, frameon=False)
     figure.savefig(path, dpi=120)
+
+
+__all__ = [
+    "CHART_FILE", "DOC_IDS_FILE", "INDEX_CONFIG_FILE", "INDEX_FILE", "RESULTS_FILE", "RESULTS_MARKDOWN_FILE",
+    "check_writable", "plot_results", "read_index_files", "staged_folder", "staging_folder", "write_index_files",
+    "write_results",
+]

@@ -1,30 +1,52 @@
-"""Candidate mining: the documents each training query is scored against (teacher top-K, random, positives).
+"""What training is fed and at what scale: exact search, candidate mining (teacher top-K, random, positives), and the
+scales derived from the data (the ranking temperature, the learning rates).
 
-Exact search runs over the document embeddings in chunks with `faiss.knn`, so a memory-mapped array is read
-from disk (and shared through the page cache by every process) instead of being copied into each worker.
+`exact_search` is the project's one exact search: it runs over the documents in blocks and merges the blocks' top-k
+in a `faiss.ResultHeap` (as `faiss.contrib.exhaustive_search.knn_ground_truth`), so a memory-mapped array is read
+from disk a block at a time (and shared through the page cache by every process) instead of being copied whole.
 """
+
+from __future__ import annotations
+
+import itertools
+import logging
 
 import faiss
 import numpy as np
+import torch
 
 from .faiss_bridge import FAISS_METRICS
+from .validation import check_embeddings
+
+logger = logging.getLogger(__name__)
+
+SEARCH_BLOCK_ROWS = 65536
 
 
-def teacher_top_k(
-    query_embeddings: np.ndarray, doc_embeddings: np.ndarray, k: int, metric: str = "inner_product",
-    chunk_size: int = 262144,
+def exact_search(
+    query_embeddings: np.ndarray, doc_embeddings: np.ndarray, k: int, metric: str = "inner_product"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-`k` documents of each query: `(scores (Q, k), doc_rows (Q, k))`, best first.
+    """Brute-force top-`k` documents of each query: `(scores (Q, k) float32, ids (Q, k) int64)`, best first.
 
-    Scores are inner products or squared L2 distances, as faiss returns them.
+    Args:
+        query_embeddings: `(Q, dim)`; doc_embeddings: `(N, dim)`, float16 or float32, in memory or memory-mapped
+            (read `SEARCH_BLOCK_ROWS` rows at a time).
+        k: results per query, 1 to `N`.
+        metric: `"inner_product"` (scores: larger is better) or `"l2"` (squared distances: smaller is better), as
+            faiss returns them.
     """
-    queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
-    k = min(k, len(doc_embeddings))
+    if metric not in FAISS_METRICS:
+        raise ValueError(f"Unknown metric '{metric}'; use one of {sorted(FAISS_METRICS)}.")
+    num_docs = len(doc_embeddings)
+    if not 1 <= k <= num_docs:
+        raise ValueError(f"k={k} must be between 1 and the number of documents ({num_docs}); ask for fewer results.")
+    dim = check_embeddings(doc_embeddings[:1], "doc_embeddings").shape[1]
+    queries = check_embeddings(query_embeddings, "query_embeddings", dim)
     heap = faiss.ResultHeap(len(queries), k, keep_max=metric == "inner_product")
-    for start in range(0, len(doc_embeddings), chunk_size):
-        chunk = np.ascontiguousarray(doc_embeddings[start : start + chunk_size], dtype=np.float32)
-        scores, rows = faiss.knn(queries, chunk, min(k, len(chunk)), metric=FAISS_METRICS[metric])
-        heap.add_result(scores, np.where(rows >= 0, rows + start, -1))
+    for start in range(0, num_docs, SEARCH_BLOCK_ROWS):
+        block = check_embeddings(doc_embeddings[start : start + SEARCH_BLOCK_ROWS], "doc_embeddings", dim)
+        scores, rows = faiss.knn(queries, block, min(k, len(block)), metric=FAISS_METRICS[metric])
+        heap.add_result(scores, rows + start)
     heap.finalize()
     return heap.D, heap.I
 
@@ -35,7 +57,7 @@ class CandidateMiner:
 
     Args:
         doc_embeddings: `(num_docs, dim)` teacher document embeddings (array or memmap).
-        num_teacher_candidates: the teacher's top-K per query (the paper's best: 200).
+        num_teacher_candidates: the teacher's top-K per query (the paper's best: 200; at most `num_docs` are kept).
         num_random_candidates: uniformly random documents per query.
         embedding_column: the batch column holding the teacher query embeddings `(dim,)`.
         positives_column: optional column of labelled positive rows, always kept among the candidates.
@@ -61,12 +83,52 @@ class CandidateMiner:
 
     def __call__(self, batch: dict) -> dict:
         queries = np.asarray(batch[self.embedding_column], dtype=np.float32)
+        num_docs = len(self.doc_embeddings)
         columns = [np.empty((len(queries), 0), dtype=np.int64)]
         if self.num_teacher_candidates > 0:
-            columns.append(teacher_top_k(queries, self.doc_embeddings, self.num_teacher_candidates, self.metric)[1])
+            k = min(self.num_teacher_candidates, num_docs)
+            columns.append(exact_search(queries, self.doc_embeddings, k, self.metric)[1])
         if self.num_random_candidates > 0:
-            columns.append(self.rng.integers(0, len(self.doc_embeddings), (len(queries), self.num_random_candidates)))
+            columns.append(self.rng.integers(0, num_docs, (len(queries), self.num_random_candidates)))
         candidates = np.concatenate(columns, axis=1)
         positives = batch.get(self.positives_column) or [[] for _ in queries]
-        rows = [list(dict.fromkeys([*map(int, positive), *map(int, row)])) for positive, row in zip(positives, candidates)]
+        rows = [list(dict.fromkeys([*map(int, positive), *map(int, row)]))
+                for positive, row in zip(positives, candidates)]
         return {**batch, "candidate_ids": rows}
+
+
+def teacher_score_spread(dataset, doc_embeddings, metric: str = "inner_product", num_candidates: int | None = None,
+                         num_queries: int = 256) -> float:
+    """The default ranking temperature: the mean standard deviation of the teacher's scores over each query's
+    first `num_candidates` candidates (all when `None`), on the first `num_queries` rows of a mined `dataset`
+    (fixed rows, so that a resumed run derives the same value)."""
+    spreads = []
+    for row in itertools.islice(iter(dataset), num_queries):
+        query = np.asarray(row["query_embedding"], dtype=np.float32)[None]
+        docs = np.asarray(doc_embeddings[np.asarray(row["candidate_ids"][:num_candidates])], dtype=np.float32)
+        spreads.append(faiss.pairwise_distances(query, docs, metric=FAISS_METRICS[metric]).std(ddof=1))
+    spread = max(float(np.mean(spreads)), 1e-6)
+    logger.info(f"Ranking temperature from the teacher's score spread: {spread:.4g}")
+    return spread
+
+
+def rms_learning_rate(weight: torch.Tensor, relative_learning_rate: float) -> float:
+    """`relative_learning_rate x RMS(weight)`: a step that moves the weight by a fixed fraction of its own scale."""
+    return relative_learning_rate * float(weight.detach().float().pow(2).mean().sqrt())
+
+
+def learning_rates(model, pq_learning_rate: float | None = None, ivf_learning_rate: float | None = None,
+                   pq_relative_learning_rate: float = 1e-2, ivf_relative_learning_rate: float = 6e-4,
+                   query_encoder_learning_rate: float = 5e-6) -> dict[str, float]:
+    """Learning rate of each weight group of a `DistillVQModel` (`pq_codebooks`, `ivf_centroids`, `query_encoder`):
+    the one given, or for the codebooks and the centroids a relative rate times the weight's RMS (the paper's
+    absolute rates, 1e-4 and 1e-3, were set for embeddings whose scores span tens of units)."""
+    if pq_learning_rate is None:
+        pq_learning_rate = rms_learning_rate(model.pq_codebooks, pq_relative_learning_rate)
+    if ivf_learning_rate is None:
+        ivf_learning_rate = rms_learning_rate(model.ivf_centroids, ivf_relative_learning_rate)
+    return {"pq_codebooks": pq_learning_rate, "ivf_centroids": ivf_learning_rate,
+            "query_encoder": query_encoder_learning_rate}
+
+
+__all__ = ["CandidateMiner", "exact_search", "learning_rates", "rms_learning_rate", "teacher_score_spread"]

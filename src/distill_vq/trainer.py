@@ -1,6 +1,13 @@
-"""`DistillVQTrainer`: a thin `transformers.Trainer` that distills exact-search scores into the quantizer."""
+"""`DistillVQTrainer`: a thin `transformers.Trainer` that distills exact-search scores into the quantizer.
 
-import itertools
+The objective is `losses.DistillVQLoss`; mining and the data-derived scales are `sampling`'s. The trainer builds the
+loss from `DistillVQTrainingArguments`, gathers candidates across processes, sums and logs the loss's terms, and
+gives each weight its own learning rate.
+"""
+
+from __future__ import annotations
+
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -9,22 +16,20 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.utils import logging
 
-from .modeling_distill_vq import pairwise_scores
-from .losses import EmbeddingMatchingLoss, InBatchContrastiveLoss, build_score_loss
-from .sampling import CandidateMiner
+from .losses import IGNORE_INDEX, SCORE_LOSSES, DistillVQLoss, build_score_loss
+from .model_card import DistillVQModelCardCallback
+from .sampling import CandidateMiner, learning_rates, teacher_score_spread
 from .validation import check_embeddings
 
-logger = logging.get_logger(__name__)
-
-IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class DistillVQTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the distillation settings. Temperatures and learning rates left at `None` are
-    derived from the data's scale when training starts and logged (see `DistillVQTrainer.teacher_score_spread` and `learning_rates`)."""
+    """`TrainingArguments` plus the distillation settings (the weights of `DistillVQLoss`'s terms, the candidates,
+    the learning rate of each weight). Temperatures and learning rates left at `None` are derived from the data's
+    scale when training starts and logged (see `sampling.teacher_score_spread` and `sampling.learning_rates`)."""
 
     loss: str = field(default="listnet", metadata={"help": "listnet | kl | mse | margin_mse | ranknet | contrastive"})
     pq_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the loss on the IVF-PQ student scores."})
@@ -84,6 +89,8 @@ class DistillVQTrainingArguments(TrainingArguments):
                    "embedding_matching_weight", "doc_embedding_matching_weight")
         if not any(getattr(self, name) for name in weights):
             raise ValueError(f"Every loss weight is 0, so nothing would train; set one of {', '.join(weights)}.")
+        if self.loss not in SCORE_LOSSES:
+            raise ValueError(f"Unknown loss {self.loss!r}; choose one of {sorted(SCORE_LOSSES)}.")
         if self.num_teacher_candidates + self.num_random_candidates < 2:
             raise ValueError("Ranking needs at least 2 candidates per query; raise num_teacher_candidates.")
 
@@ -168,23 +175,21 @@ class DistillVQTrainer(Trainer):
         args: `DistillVQTrainingArguments`.
         train_dataset: queries as a `Dataset` or streaming `IterableDataset` with a `query_embedding` column
             (the teacher's query embeddings), optionally `positive_ids` (labelled document rows) and `query` text
-            (for a trained query encoder). Documents may serve as pseudo-queries. Mined lazily when needed.
+            (for a model with a query encoder). Documents may serve as pseudo-queries. Mined lazily when needed.
         doc_embeddings: `(num_docs, dim)` teacher document embeddings; a memory-mapped array stays on disk.
+        processing_class: the query encoder's tokenizer, for a model with a query encoder.
         doc_texts: the documents' texts by row (e.g. `corpus["text"]`), for `doc_embedding_matching_weight`.
+        loss: a `DistillVQLoss`; by default one is built from `args` (at the ranking temperature derived from the
+            teacher's score spread unless `args.ranking_temperature` is set).
     """
 
     def __init__(self, model, args: DistillVQTrainingArguments, train_dataset, doc_embeddings,
-                 data_collator=None, processing_class=None, doc_texts=None, **kwargs):
-        self.model_metric = model.config.metric
+                 data_collator=None, processing_class=None, doc_texts=None, loss: DistillVQLoss | None = None,
+                 **kwargs):
         self.doc_embeddings = check_embeddings(doc_embeddings, "doc_embeddings", model.config.embedding_dim,
                                                min_rows=model.config.num_lists)
-        if args.doc_embedding_matching_weight and (doc_texts is None or model.query_encoder is None):
-            raise ValueError("doc_embedding_matching_weight needs a model with a query encoder "
-                             "(attach_query_encoder) and the documents' texts (doc_texts=...).")
-        if doc_texts is not None and len(doc_texts) != len(self.doc_embeddings):
-            raise ValueError(f"doc_texts has {len(doc_texts)} texts but doc_embeddings {len(self.doc_embeddings)} "
-                             "rows; give the texts in the rows' order.")
-        train_dataset = self._mine(train_dataset, args, model.config.metric)
+        self._check_text_inputs(model, args, processing_class, doc_texts)
+        train_dataset = self._mine(train_dataset, args, model)
         data_collator = data_collator or DistillVQCollator(
             self.doc_embeddings, args.in_batch_candidates,
             processing_class if model.query_encoder is not None else None,
@@ -194,13 +199,41 @@ class DistillVQTrainer(Trainer):
                          processing_class=processing_class, **kwargs)
         if args.max_train_seconds is not None:
             self.add_callback(TimeBudgetCallback(args.max_train_seconds))
-        self.ranking_temperature = args.ranking_temperature or self.teacher_score_spread(train_dataset)
-        self.score_loss = build_score_loss(args.loss, self.ranking_temperature)
-        self.embedding_matching = EmbeddingMatchingLoss()
-        self.label_loss = InBatchContrastiveLoss(self.ranking_temperature)
+        if loss is not None and not isinstance(loss, DistillVQLoss):
+            raise TypeError(f"loss must be a DistillVQLoss; got {type(loss).__name__}. Wrap your score loss: "
+                            "DistillVQLoss(model, score_loss=...).")
+        self.loss = loss if loss is not None else self.build_loss(model, train_dataset)
         self._loss_terms = defaultdict(list)
+        card_callback = DistillVQModelCardCallback()  # fills model.model_card_data, written to README.md on save
+        self.add_callback(card_callback)
+        card_callback.on_init_end(args, self.state, self.control, model=model, trainer=self)
 
-    def _mine(self, dataset, args, metric):
+    def build_loss(self, model, train_dataset) -> DistillVQLoss:
+        """The `DistillVQLoss` that `args` describe, at `args.ranking_temperature` or the teacher's score spread."""
+        args = self.args
+        temperature = args.ranking_temperature or teacher_score_spread(
+            train_dataset, self.doc_embeddings, model.config.metric, args.num_teacher_candidates or None)
+        return DistillVQLoss(
+            model, build_score_loss(args.loss, temperature), pq_weight=args.pq_loss_weight,
+            ivf_weight=args.ivf_loss_weight, student_weight=args.student_loss_weight,
+            label_weight=args.label_loss_weight, embedding_matching_weight=args.embedding_matching_weight,
+            doc_embedding_matching_weight=args.doc_embedding_matching_weight,
+            codeword_temperature=args.codeword_temperature,
+        )
+
+    def _check_text_inputs(self, model, args, processing_class, doc_texts) -> None:
+        """A query encoder needs its tokenizer; document embedding matching needs the documents' texts too."""
+        if model.query_encoder is not None and processing_class is None:
+            raise ValueError("The model has a query encoder, which embeds the query text: give its tokenizer "
+                             "(processing_class=...) and a 'query' column in train_dataset.")
+        if args.doc_embedding_matching_weight and (doc_texts is None or model.query_encoder is None):
+            raise ValueError("doc_embedding_matching_weight needs a model with a query encoder "
+                             "(attach_query_encoder) and the documents' texts (doc_texts=...).")
+        if doc_texts is not None and len(doc_texts) != len(self.doc_embeddings):
+            raise ValueError(f"doc_texts has {len(doc_texts)} texts but doc_embeddings {len(self.doc_embeddings)} "
+                             "rows; give the texts in the rows' order.")
+
+    def _mine(self, dataset, args, model):
         """Check the queries and add `candidate_ids` (lazily for a stream) unless they are already there."""
         first = next(iter(dataset), None)
         if first is None:
@@ -208,6 +241,9 @@ class DistillVQTrainer(Trainer):
         if "query_embedding" not in first:
             raise ValueError(f"The training queries need a 'query_embedding' column; found {sorted(first)}. "
                              "Embed the queries with the teacher encoder first.")
+        if model.query_encoder is not None and "query" not in first:
+            raise ValueError(f"The model's query encoder needs the query text in a 'query' column; found "
+                             f"{sorted(first)}.")
         dim = len(first["query_embedding"])
         if dim != self.doc_embeddings.shape[1]:
             raise ValueError(f"query_embedding has dimension {dim} but doc_embeddings has "
@@ -225,101 +261,54 @@ class DistillVQTrainer(Trainer):
         if "candidate_ids" in first:
             return dataset
         miner = CandidateMiner(self.doc_embeddings, args.num_teacher_candidates, args.num_random_candidates,
-                               metric=metric, seed=args.seed)
+                               metric=model.config.metric, seed=args.seed)
         kwargs = {"desc": "Mining teacher candidates"} if isinstance(dataset, Dataset) else {}
         return dataset.map(miner, batched=True, batch_size=1024, **kwargs)
 
-    # ----- data-derived scales -----
-
-    def teacher_score_spread(self, dataset, num_queries: int = 256) -> float:
-        """The default ranking temperature: the mean standard deviation of the teacher's scores over each query's
-        top candidates, on the first `num_queries` queries (fixed, so a resumed run uses the same value)."""
-        rows = list(itertools.islice(iter(dataset), num_queries))
-        spreads = []
-        for row in rows:
-            query = torch.tensor(np.asarray(row["query_embedding"], dtype=np.float32))
-            candidates = row["candidate_ids"][: self.args.num_teacher_candidates or None]
-            docs = torch.from_numpy(np.asarray(self.doc_embeddings[np.asarray(candidates)], dtype=np.float32))
-            spreads.append(float(pairwise_scores(query[None], docs, self.model_metric).std()))
-        spread = max(float(np.mean(spreads)), 1e-6)
-        logger.info(f"Ranking temperature from the teacher's score spread: {spread:.4g}")
-        return spread
-
-    def learning_rates(self, model) -> dict[str, float]:
-        """Per-group learning rates: explicit arguments, or a fraction of each weight's RMS; 0 for a weight that no
-        weighted loss term reaches (the codebooks need the PQ term, the centroids the PQ or IVF term)."""
-        args = self.args
-        rms = lambda tensor: float(tensor.detach().float().pow(2).mean().sqrt())  # noqa: E731
-        pq_rate = args.pq_learning_rate if args.pq_learning_rate is not None \
-            else args.pq_relative_learning_rate * rms(model.pq_codebooks)
-        ivf_rate = args.ivf_learning_rate if args.ivf_learning_rate is not None \
-            else args.ivf_relative_learning_rate * rms(model.ivf_centroids)
-        return {
-            "pq_codebooks": pq_rate if args.pq_loss_weight else 0.0,
-            "ivf_centroids": ivf_rate if args.pq_loss_weight or args.ivf_loss_weight else 0.0,
-            "query_encoder": args.query_encoder_learning_rate,
-        }
-
-    def create_optimizer(self, model=None):
-        """The Trainer's optimizer class and settings, with one parameter group (and learning rate) per weight."""
-        if self.optimizer is not None:
-            return self.optimizer
+    def get_optimizer_cls_and_kwargs(self, args, model=None):
+        """The Trainer's optimizer with one parameter group per weight at its own rate (`sampling.learning_rates`);
+        a weight that no weighted term reaches (`DistillVQLoss.trained_weights`), or whose rate is 0, is frozen."""
+        optimizer_cls, optimizer_kwargs = super().get_optimizer_cls_and_kwargs(args, model)
         model = self.accelerator.unwrap_model(model or self.model)
-        rates = self.learning_rates(model)
-        groups = {"pq_codebooks": [model.pq_codebooks], "ivf_centroids": [model.ivf_centroids],
-                  "query_encoder": [p for n, p in model.named_parameters() if n.startswith("query_")]}
-        param_groups = []
-        for name, params in groups.items():
+        rates = learning_rates(
+            model, pq_learning_rate=args.pq_learning_rate, ivf_learning_rate=args.ivf_learning_rate,
+            pq_relative_learning_rate=args.pq_relative_learning_rate,
+            ivf_relative_learning_rate=args.ivf_relative_learning_rate,
+            query_encoder_learning_rate=args.query_encoder_learning_rate,
+        )
+        rates = {name: rate if name in self.loss.trained_weights else 0.0 for name, rate in rates.items()}
+        weights = {"pq_codebooks": [model.pq_codebooks], "ivf_centroids": [model.ivf_centroids],
+                   "query_encoder": [p for n, p in model.named_parameters() if n.startswith("query_")]}
+        groups = []
+        for name, params in weights.items():
             for param in params:
                 param.requires_grad_(rates[name] > 0)
             if params and rates[name] > 0:
-                decay = self.args.weight_decay if name == "query_encoder" else 0.0
-                param_groups.append({"params": params, "lr": rates[name], "weight_decay": decay, "name": name})
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        optimizer_kwargs.pop("lr", None)
-        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+                decay = args.weight_decay if name == "query_encoder" else 0.0
+                groups.append({"params": params, "lr": rates[name], "weight_decay": decay, "name": name})
         logger.info(f"Learning rates: {rates}")
-        return self.optimizer
-
-    # ----- loss -----
+        return optimizer_cls, {**optimizer_kwargs, "params": groups}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels", None)
+        """Gather the candidates of every process, run the loss on the (possibly wrapped) model, keep each term for
+        `log`, and return their sum."""
         doc_ids = inputs.pop("doc_ids", None)
-        matched_docs = inputs.pop("matched_doc_embeddings", None)
         if doc_ids is not None and self.accelerator.num_processes > 1:
-            inputs["doc_embeddings"], labels = self.share_candidates(doc_ids, labels)
-        teacher_queries = inputs["query_embeddings"]
-        if "input_ids" in inputs:  # a trained query encoder embeds the text; the teacher keeps its embeddings
-            inputs = {**inputs, "query_embeddings": None, "teacher_query_embeddings": teacher_queries}
-        outputs = model(**inputs, codeword_temperature=self.args.codeword_temperature)
-        terms = {}
-        if self.args.pq_loss_weight:
-            terms[f"pq_{self.args.loss}"] = self.args.pq_loss_weight * self.score_loss(
-                outputs.pq_scores, outputs.teacher_scores, labels)
-        if self.args.ivf_loss_weight:
-            terms[f"ivf_{self.args.loss}"] = self.args.ivf_loss_weight * self.score_loss(
-                outputs.ivf_scores, outputs.teacher_scores, labels)
-        if self.args.student_loss_weight and outputs.student_scores is not None:
-            terms[f"student_{self.args.loss}"] = self.args.student_loss_weight * self.score_loss(
-                outputs.student_scores, outputs.teacher_scores, labels)
-        if self.args.label_loss_weight and labels is not None and (labels >= 0).any():
-            labelled = labels >= 0
-            student = outputs.student_scores if outputs.student_scores is not None else outputs.pq_scores
-            terms["labels_contrastive"] = self.args.label_loss_weight * self.label_loss(
-                student[labelled], outputs.teacher_scores[labelled], labels[labelled])
-        if self.args.embedding_matching_weight and "input_ids" in inputs:
-            teacher_rotated = self.accelerator.unwrap_model(model).rotate(teacher_queries)
-            terms["embedding_matching"] = self.args.embedding_matching_weight * self.embedding_matching(
-                outputs.query_embeddings, teacher_rotated)
-        if self.args.doc_embedding_matching_weight:
-            terms["doc_embedding_matching"] = self.args.doc_embedding_matching_weight * self.embedding_matching(
-                outputs.student_doc_embeddings, matched_docs)
+            inputs["doc_embeddings"], inputs["labels"] = self.share_candidates(doc_ids, inputs["labels"])
+        if self.loss.model is not model:  # the DDP wrapper, so that its forward synchronises the gradients
+            self.loss.model = model
+        terms, outputs = self.loss(inputs, return_outputs=True)
         for name, value in terms.items():
             self._loss_terms[name].append(value.detach())
         self._loss_terms["codeword_temperature"].append(outputs.codeword_temperature.detach())
-        loss = sum(terms.values())
+        loss = torch.stack(list(terms.values())).sum()
         return (loss, outputs) if return_outputs else loss
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """For `Trainer.push_to_hub`: the model's distill-vq card in `args.output_dir`, naming the repository, instead of
+        transformers' generic one (set language, license and tags on `model.model_card_data`)."""
+        if self.is_world_process_zero():
+            self.model.model_card_data.save(self.args.output_dir, self.model.config, model_id=self.hub_model_id)
 
     def share_candidates(self, doc_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-process in-batch negatives: every process scores its queries against the union of all processes'
@@ -334,10 +323,13 @@ class DistillVQTrainer(Trainer):
         return self.data_collator.rows(union.cpu().numpy()).to(doc_ids.device), labels
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        """Add the mean of each loss term since the last log."""
+        """Add the mean of each loss term since the last log, and the ranking temperature."""
         if "loss" in logs:
             for name, values in self._loss_terms.items():
                 logs[name] = round(float(torch.stack(values).mean()), 6)
             self._loss_terms.clear()
-            logs["ranking_temperature"] = self.ranking_temperature
+            logs["ranking_temperature"] = self.loss.temperature
         super().log(logs, *args, **kwargs)
+
+
+__all__ = ["DistillVQCollator", "DistillVQTrainer", "DistillVQTrainingArguments", "TimeBudgetCallback"]

@@ -1,14 +1,35 @@
 """Input checks shared by the model, the trainer and the command: each error names the problem and the fix."""
 
+from __future__ import annotations
+
+import logging
+
 import numpy as np
 
+logger = logging.getLogger(__name__)
 
-def check_embeddings(embeddings, name: str, expected_dim: int | None = None, min_rows: int = 1) -> np.ndarray:
+CHECK_CHUNK_ROWS = 1 << 16
+
+
+def check_embeddings(
+    embeddings, name: str, expected_dim: int | None = None, min_rows: int = 1, check_zero_rows: bool = True
+) -> np.ndarray:
     """Return `embeddings` as a C-contiguous float32 `(num_rows, dim)` array, or raise `ValueError`.
 
+    Floating-point and integer inputs are accepted; bool, complex, string and object arrays are refused, as is
+    NaN or inf. With `check_zero_rows`, embeddings whose rows are all zero vectors are refused and a few zero rows
+    log a warning; pass False when `embeddings` is a slice of a larger array (a batch may be all zero).
     Memory-mapped float32 input is returned without a copy, so large corpora stay on disk.
     """
-    array = np.asarray(embeddings.detach().cpu() if hasattr(embeddings, "detach") else embeddings)
+    if hasattr(embeddings, "detach"):  # torch: bfloat16 has no numpy dtype
+        embeddings = embeddings.detach().cpu()
+        embeddings = embeddings.float() if embeddings.is_floating_point() else embeddings
+    array = np.asarray(embeddings)
+    if array.dtype.kind not in "iuf":
+        raise ValueError(
+            f"{name} has dtype {array.dtype}; embeddings must be real numbers (float32, float16 or integers). "
+            "Save them as float32 (e.g. np.save(path, embeddings.astype(np.float32)))."
+        )
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2-d array (num_rows, dim); got shape {array.shape}.")
     if array.shape[0] < min_rows:
@@ -20,12 +41,31 @@ def check_embeddings(embeddings, name: str, expected_dim: int | None = None, min
             f"{array.shape[1]}."
         )
     array = np.ascontiguousarray(array, dtype=np.float32)
-    chunk = 1 << 16
-    for start in range(0, array.shape[0], chunk):
-        finite = np.isfinite(array[start : start + chunk]).all(axis=1)
+    zero_rows = [np.empty(0, dtype=np.int64)]
+    for start in range(0, array.shape[0], CHECK_CHUNK_ROWS):
+        chunk = array[start : start + CHECK_CHUNK_ROWS]
+        finite = np.isfinite(chunk).all(axis=1)
         if not finite.all():
             row = start + int(np.argmin(finite))
-            raise ValueError(
-                f"{name} contains NaN or inf (first at row {row}); re-embed those rows or drop them."
-            )
+            raise ValueError(f"{name} contains NaN or inf (first at row {row}); re-embed those rows or drop them.")
+        zero_rows.append(start + np.flatnonzero(~chunk.any(axis=1)))
+    if check_zero_rows:
+        _check_zero_rows(np.concatenate(zero_rows), array.shape[0], name)
     return array
+
+
+def _check_zero_rows(zero_rows: np.ndarray, num_rows: int, name: str) -> None:
+    """Refuse embeddings that are all zero vectors; warn about a few (they score 0 against every query)."""
+    if num_rows and len(zero_rows) == num_rows:
+        raise ValueError(
+            f"{name}: all {num_rows} rows are zero vectors, so every score is 0 and nothing can be learned; "
+            "the embeddings were not written (or the encoder failed): embed the texts again."
+        )
+    if len(zero_rows):
+        logger.warning(
+            f"{name}: {len(zero_rows)} of {num_rows} rows are zero vectors (first at row {zero_rows[0]}); they score "
+            "0 against every query under inner product. Re-embed those rows or drop them."
+        )
+
+
+__all__ = ["check_embeddings"]

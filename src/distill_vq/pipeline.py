@@ -1,0 +1,348 @@
+"""The library pipeline behind `distill-vq train` and `distill-vq evaluate`, shared by the examples and benchmarks:
+load -> encode -> initialise -> distil -> export -> evaluate -> write.
+
+    settings = TrainSettings(corpus="path/to/beir-folder", output_dir="my-index")
+    run = train(settings, training_arguments(settings))
+    print(run.headline)
+
+Each stage is a function of its own (`load_task`, `embed_task`, `build_config`, `distill`, `compare_indexes`,
+`write_output_folder`), so a script can stop after any of them; `train` and `evaluate` chain them. Progress goes
+to a `progress(message)` callable (the command prints numbered steps; by default it is logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from accelerate import PartialState
+from datasets import Dataset
+
+from .configuration_distill_vq import DistillVQConfig
+from .data import DataError, RetrievalTask, load_task, read_embeddings
+from .encoding import DEFAULT_ENCODER_NAME, TextEncoder, encode_dataset_cached, resolve_encoder
+from .evaluation import compare_indexes, evaluation_cutoffs
+from .faiss_bridge import documents_needed, flat_index
+from .modeling_distill_vq import DistillVQModel
+from .output_folder import check_writable, read_index_files, staged_folder, write_index_files, write_results
+from .trainer import DistillVQTrainer, DistillVQTrainingArguments
+from .validation import check_embeddings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_DIR = "./distill-vq-output"
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "distill-vq" / "embeddings"
+DEFAULT_EVAL_SPLIT = "test"
+MIN_POINTS_PER_LIST = 39  # faiss warns below 39 training points per k-means centroid
+MAX_PSEUDO_QUERIES = 100_000
+EXACT, DISTILLED = "exact", "distill-vq"
+# The command's flag for each setting that decides how many documents faiss's training needs.
+FLAG_OF_SETTING = {"num_lists": "--num-lists", "bits_per_subvector": "--bits-per-subvector",
+                   "use_rotation": "--no-rotation"}
+
+
+@dataclass
+class TrainSettings:
+    """What to train on and which index to build: the `distill-vq train` flags other than the Trainer's.
+
+    Args:
+        corpus / queries / qrels / eval_split: the data (see `data.load_task`); `corpus=None` is the packaged data.
+        encoder: the embedding model (Hub id or folder); ignored for sides given as `.npy` embeddings.
+        doc_embeddings / query_embeddings: `.npy` files of precomputed embeddings, rows in file order.
+        num_lists: IVF lists (default: `auto_num_lists(num_docs)`); num_subvectors, bits_per_subvector,
+        use_rotation, nprobe: the index (see `DistillVQConfig`).
+        seed: seeds faiss, the query split and training.
+    """
+
+    corpus: str | None = None
+    queries: str | None = None
+    qrels: str | None = None
+    eval_split: str | None = None
+    encoder: str = DEFAULT_ENCODER_NAME
+    doc_embeddings: str | None = None
+    query_embeddings: str | None = None
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    num_lists: int | None = None
+    num_subvectors: int = 16
+    bits_per_subvector: int = 8
+    use_rotation: bool = True
+    nprobe: int | None = None
+    seed: int = 42
+    output_dir: str = DEFAULT_OUTPUT_DIR
+
+
+@dataclass
+class TaskEmbeddings:
+    """The teacher's embeddings of a task: `docs (num_docs, dim)`, `queries (num_queries, dim)` (the documents
+    themselves for pseudo-queries), and the encoder that made them."""
+
+    docs: np.ndarray
+    queries: np.ndarray
+    encoder_name: str
+    encoder_revision: str | None = None
+
+
+@dataclass
+class TrainRun:
+    """What `train` did: the output folder, its results (as in `results.json`) and the one-line headline."""
+
+    output_dir: Path
+    results: dict
+    headline: str
+    table: str = field(repr=False, default="")
+
+
+# ----- stages -----
+
+
+def auto_num_lists(num_docs: int) -> int:
+    """A power of two near `4 * sqrt(num_docs)`, at most `num_docs / 39` so that k-means has enough points."""
+    target = round(math.log2(4 * math.sqrt(num_docs)))
+    cap = math.floor(math.log2(max(num_docs // MIN_POINTS_PER_LIST, 1)))
+    return 2 ** max(0, min(target, cap))
+
+
+def embed_task(task: RetrievalTask, settings: TrainSettings, encoder_name: str | None = None,
+               revision: str | None = None, state: PartialState | None = None,
+               progress: Callable[[str], None] = logger.info) -> TaskEmbeddings:
+    """Read the embeddings from `.npy` files, or encode the texts (cached under `settings.cache_dir`)."""
+    encoder_name = encoder_name or settings.encoder
+    num_docs, num_queries = len(task.corpus), len(task.queries)
+    counts = {"documents": num_docs, "queries": 0 if task.pseudo_queries else num_queries}
+    to_encode = [what for what, path in (("documents", settings.doc_embeddings),
+                                         ("queries", settings.query_embeddings)) if path is None and counts[what]]
+    name = recorded_source(resolve_encoder(encoder_name)[0])
+    if to_encode:
+        progress(f"Encoding {' and '.join(f'{counts[what]} {what}' for what in to_encode)} with {name}")
+    else:
+        progress("Reading the embeddings")
+    encoder = TextEncoder(encoder_name, revision=revision) if to_encode else None
+    cache_dir = Path(settings.cache_dir).expanduser()
+    if settings.doc_embeddings is not None:
+        docs = read_embeddings(settings.doc_embeddings, num_docs, "corpus")
+    else:
+        docs = encode_dataset_cached(encoder, task.corpus, "text", cache_dir, accelerator=state)
+    docs = check_embeddings(docs, "doc embeddings")
+    if encoder is not None and encoder.embedding_dim != docs.shape[1]:
+        raise DataError(f"{name} makes {encoder.embedding_dim}-d embeddings but the documents' are "
+                        f"{docs.shape[1]}-d; pass the --encoder that made --doc-embeddings.")
+    if task.pseudo_queries:
+        queries = docs
+    elif settings.query_embeddings is not None:
+        queries = read_embeddings(settings.query_embeddings, num_queries, "queries", dim=docs.shape[1])
+    else:
+        queries = encode_dataset_cached(encoder, task.queries, "text", cache_dir, accelerator=state)
+    queries = check_embeddings(queries, "query embeddings")
+    return TaskEmbeddings(docs, queries, name, None if encoder is None else encoder.revision)
+
+
+def build_config(settings: TrainSettings, num_docs: int, embedding_dim: int, encoder_name: str | None = None,
+                 encoder_revision: str | None = None) -> DistillVQConfig:
+    """The index of `settings` for `num_docs` documents, refused (naming the flags to lower) when faiss's training
+    would have too few documents."""
+    config = DistillVQConfig(
+        embedding_dim=embedding_dim, num_lists=settings.num_lists or auto_num_lists(num_docs),
+        num_subvectors=settings.num_subvectors, bits_per_subvector=settings.bits_per_subvector,
+        nprobe=settings.nprobe, use_rotation=settings.use_rotation, encoder_name_or_path=encoder_name,
+        encoder_revision=encoder_revision,
+    )
+    needs = documents_needed(config)
+    too_many = [FLAG_OF_SETTING[setting] for setting, count in needs.items() if count > num_docs]
+    if too_many:
+        raise DataError(
+            f"{num_docs} documents are too few to train {config.index_factory_string} (it needs "
+            f"{max(needs.values())}); use more documents, or {' / '.join(too_many)}."
+        )
+    return config
+
+
+def training_queries(query_embeddings, train_rows: np.ndarray, doc_embeddings, seed: int) -> np.ndarray:
+    """`(num_train, dim)` teacher query embeddings to train on: the training queries, or when there are none, up
+    to `MAX_PSEUDO_QUERIES` random documents as pseudo-queries."""
+    if len(train_rows):
+        return np.asarray(query_embeddings[train_rows], dtype=np.float32)
+    count = min(len(doc_embeddings), MAX_PSEUDO_QUERIES)
+    rows = np.sort(np.random.default_rng(seed).choice(len(doc_embeddings), count, replace=False))
+    return np.asarray(doc_embeddings[rows], dtype=np.float32)
+
+
+def distill(model: DistillVQModel, train_queries: np.ndarray, doc_embeddings, training_args: DistillVQTrainingArguments,
+            resume_from_checkpoint: str | bool | None = None) -> DistillVQTrainer:
+    """Train `model` in place on `train_queries (num_train, dim)` against `doc_embeddings`; return the trainer."""
+    trainer = DistillVQTrainer(model, training_args, Dataset.from_dict({"query_embedding": train_queries}),
+                               doc_embeddings)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    return trainer
+
+
+def evaluation_facts(task: RetrievalTask, indexes: dict, embeddings: TaskEmbeddings, eval_rows: np.ndarray,
+                     config: DistillVQConfig) -> dict:
+    """The evaluation's setting and one result row per index (for results.json, results.md and the card)."""
+    metrics = compare_indexes(indexes, embeddings.docs, task.doc_ids, embeddings.queries[eval_rows],
+                              task.qrels_for(eval_rows), config.metric)
+    bytes_per_vector = {EXACT: 4 * config.embedding_dim}
+    return {
+        "corpus_name": task.corpus_name, "num_docs": len(embeddings.docs), "num_eval_queries": len(eval_rows),
+        "eval_name": task.eval_name, "embedding_dim": config.embedding_dim, "metric": config.metric,
+        "results": [
+            {"index": name, "bytes/vector": bytes_per_vector.get(name, _number(config.bytes_per_vector)), **values}
+            for name, values in metrics.items()
+        ],
+    }
+
+
+def gain_summary(rows: list[dict], baseline_name: str, bytes_per_vector: float) -> str:
+    """E.g. `recall@10 vs exact 0.584 -> 0.621 (+0.037 over faiss OPQ16,IVF128,PQ16x8 at 16 bytes/vector),
+    MRR@10 0.592 -> 0.616`."""
+    by_name = {row["index"]: row for row in rows}
+    before, after = by_name[baseline_name], by_name[DISTILLED]
+    k = evaluation_cutoffs(10**9)[0]
+    recall = f"recall_vs_exact@{k}"
+    text = (f"recall@{k} vs exact {before[recall]:.3f} -> {after[recall]:.3f} ({after[recall] - before[recall]:+.3f} "
+            f"over {baseline_name} at {bytes_per_vector:g} bytes/vector)")
+    if f"mrr@{k}" in after:
+        text += f", MRR@{k} {before[f'mrr@{k}']:.3f} -> {after[f'mrr@{k}']:.3f}"
+    return text
+
+
+def write_output_folder(folder: Path, model: DistillVQModel, index, task: RetrievalTask, settings: TrainSettings,
+                        results: dict) -> str:
+    """Write the model with its card, the index files and the results into `folder`; return the results table."""
+    card_data = model.model_card_data  # attached and filled by DistillVQTrainer's card callback
+    card_data.model_id = card_data.model_id or str(settings.output_dir)
+    card_data.set_evaluation(results["results"], corpus_name=results["corpus_name"], num_docs=results["num_docs"],
+                             eval_name=results["eval_name"], num_eval_queries=results["num_eval_queries"],
+                             summary=results["summary"], dataset_id=results["dataset_id"])
+    model.save_pretrained(folder)  # config.json, model.safetensors, README.md, model_card_data.json
+    write_index_files(folder, index, task.doc_ids, {
+        "index_factory": model.config.index_factory_string, "nprobe": model.config.nprobe,
+        "num_docs": len(task.doc_ids), "corpus": recorded_source(task.corpus_source),
+        "queries": recorded_source(settings.queries), "qrels": recorded_source(settings.qrels),
+        "eval_split": settings.eval_split or DEFAULT_EVAL_SPLIT, "seed": settings.seed,
+    })
+    return write_results(folder, results)
+
+
+# ----- the whole runs -----
+
+
+def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
+          progress: Callable[[str], None] = logger.info) -> TrainRun | None:
+    """Load, encode, initialise from faiss, distil, export, evaluate and write `settings.output_dir`.
+
+    Under `accelerate launch` every process encodes its share of the texts and trains on its share of the queries
+    (data parallel); the main process alone evaluates and writes, and the others return None.
+    """
+    check_writable(settings.output_dir)
+    state = PartialState()  # after the training arguments, whose --ddp-* settings start the process group
+    progress(f"Loading {'the packaged default data' if settings.corpus is None else settings.corpus}")
+    task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT)
+    embeddings = embed_task(task, settings, state=state, progress=progress)
+    docs = embeddings.docs
+    config = build_config(settings, len(docs), docs.shape[1], embeddings.encoder_name, embeddings.encoder_revision)
+    train_rows, eval_rows = task.split_queries(settings.seed)
+    train_queries = training_queries(embeddings.queries, train_rows, docs, settings.seed)
+    train_name = "training queries" if len(train_rows) else "documents as pseudo-queries (every query is judged)"
+
+    progress(f"Training faiss {config.index_factory_string} on {len(docs)} documents "
+             f"({config.bytes_per_vector:g} bytes/vector)")
+    model = DistillVQModel.from_embeddings(docs, config, seed=settings.seed)  # DDP broadcasts the main process's
+    baseline_name = f"faiss {config.index_factory_string}"
+    baseline_index = model.to_faiss(docs) if state.is_main_process else None
+
+    with staged_folder(settings.output_dir, state) as folder:
+        training_args.output_dir = str(folder / "checkpoints")
+        length = f"{training_args.max_steps} steps" if training_args.max_steps > 0 else \
+            f"{training_args.num_train_epochs:g} epochs"
+        progress(f"Distilling exact search into the index: {length} of {training_args.per_device_train_batch_size} "
+                 f"x {state.num_processes} of {len(train_queries)} {train_name} ({training_args.loss} loss)")
+        start = time.perf_counter()
+        trainer = distill(model, train_queries, docs, training_args,
+                          resume_argument(training_args.resume_from_checkpoint))
+        training_seconds = time.perf_counter() - start
+        if not state.is_main_process:
+            return None
+        indexes = {EXACT: flat_index(docs, config.metric), baseline_name: baseline_index,
+                   DISTILLED: model.to_faiss(docs)}
+        progress(f"Evaluating exact search, faiss and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
+        results = {
+            **evaluation_facts(task, indexes, embeddings, eval_rows, config),
+            "num_train_queries": len(train_queries), "base_model": embeddings.encoder_name,
+            "dataset_id": _hub_dataset_id(task.corpus_source), "index_factory": config.index_factory_string,
+            "num_lists": config.num_lists, "num_subvectors": config.num_subvectors,
+            "bits_per_subvector": config.bits_per_subvector, "bytes_per_vector": _number(config.bytes_per_vector),
+            "use_rotation": config.use_rotation, "nprobe": config.nprobe, "loss": training_args.loss,
+            "num_teacher_candidates": training_args.num_teacher_candidates,
+            "training_steps": trainer.state.global_step,
+            "batch_size": training_args.per_device_train_batch_size * state.num_processes,
+            "num_processes": state.num_processes, "training_seconds": round(training_seconds, 1),
+        }
+        headline = gain_summary(results["results"], baseline_name, config.bytes_per_vector)
+        results["summary"] = headline[0].upper() + headline[1:] + "."
+        progress(f"Writing {settings.output_dir}")
+        table = write_output_folder(folder, model, indexes[DISTILLED], task, settings, results)
+        _remove_if_empty(folder / "checkpoints")
+    return TrainRun(Path(settings.output_dir), results, headline, table)
+
+
+def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
+             progress: Callable[[str], None] = logger.info) -> str:
+    """Evaluate an output folder's index against exact search on `settings`' data (default: the data it was trained
+    with) and write the results to `results_dir`; return the results table."""
+    index, doc_ids, index_config = read_index_files(output_dir, settings.nprobe)
+    config = DistillVQConfig.from_pretrained(output_dir)
+    if settings.corpus is None:  # the data the index was trained with
+        settings.corpus, settings.queries = index_config["corpus"], settings.queries or index_config["queries"]
+        settings.qrels = settings.qrels or index_config["qrels"]
+        settings.eval_split = settings.eval_split or index_config["eval_split"]
+    progress(f"Loading {'the packaged default data' if settings.corpus is None else settings.corpus}")
+    task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT)
+    embeddings = embed_task(task, settings, config.encoder_name_or_path or DEFAULT_ENCODER_NAME,
+                            revision=config.encoder_revision, progress=progress)
+    if task.doc_ids != doc_ids:  # another corpus: index it with the trained quantizer
+        model = DistillVQModel.from_pretrained(output_dir)
+        index = model.to_faiss(embeddings.docs, settings.nprobe or index_config["nprobe"])
+    _, eval_rows = task.split_queries(index_config["seed"])
+    progress(f"Evaluating exact search and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
+    results = evaluation_facts(task, {EXACT: flat_index(embeddings.docs, config.metric), DISTILLED: index},
+                               embeddings, eval_rows, config)
+    return write_results(results_dir, results)
+
+
+def resume_argument(value: str | None) -> str | bool | None:
+    """`--resume-from-checkpoint`: a checkpoint folder, or `true` / `last` for the newest one of this run."""
+    return True if value is not None and value.lower() in ("true", "last") else value
+
+
+def recorded_source(source: str | None) -> str | None:
+    """A data source or model as recorded for later commands: local paths made absolute, Hub ids and None kept."""
+    if source is None or not Path(source).expanduser().exists():
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
+def _hub_dataset_id(source: str | None) -> str | None:
+    return None if source is None or Path(source).expanduser().exists() else source.partition(":")[0]
+
+
+def _number(value: float) -> int | float:
+    """`value` as an int when it is whole (for tables and cards)."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+__all__ = [
+    "DEFAULT_CACHE_DIR", "DEFAULT_OUTPUT_DIR", "TaskEmbeddings", "TrainRun", "TrainSettings", "auto_num_lists",
+    "build_config", "distill", "embed_task", "evaluate", "evaluation_facts", "gain_summary", "train",
+    "training_queries", "write_output_folder",
+]
