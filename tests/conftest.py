@@ -1,9 +1,23 @@
-"""Shared fixtures: real embeddings of the packaged Debian slice, and small random data."""
+"""Shared fixtures: real embeddings of the packaged Debian slice, and small random data.
 
-from pathlib import Path
+faiss and torch run one thread each, here and in the subprocesses tests start (OMP_NUM_THREADS): the machines that
+run the suite are shared, and faiss's OpenMP threads collapse when another job holds a core (OPQ training on the
+packaged slice: 22 s with one thread, 280 s with two under load).
+"""
 
-import numpy as np
-import pytest
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+faiss.omp_set_num_threads(1)
+torch.set_num_threads(1)
 
 DATA = Path(__file__).parent / "data"
 DEFAULT_DATA = Path(__file__).parents[1] / "src" / "distill_vq" / "default_data"

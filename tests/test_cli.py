@@ -39,7 +39,8 @@ def test_defaults_and_pass_through_training_flags(tmp_path):
     assert (args.corpus, args.max_steps, args.batch_size, args.loss) == (None, None, 64, "listnet")
     training_args = training_arguments(args, unknown)
     assert (training_args.max_steps, training_args.warmup_steps, training_args.pq_learning_rate) == (300, 7, 1e-4)
-    assert (training_args.save_strategy, training_args.num_teacher_candidates) == ("no", 200)
+    assert (training_args.save_strategy, training_args.save_steps, training_args.save_total_limit) == ("steps", 0.1, 2)
+    assert training_args.num_teacher_candidates == 200
     with pytest.raises(ValueError, match="unrecognized arguments"):
         training_arguments(args, ["--no-such-flag", "1"])
     epochs, _ = build_parser().parse_known_args(["train", "--num-train-epochs", "2"])
@@ -217,11 +218,12 @@ def test_a_failed_run_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
         with pytest.raises(RuntimeError, match="killed"):
             main([*flags, "--max-steps", "4"])
     assert not output_dir.exists()
-    staging = tmp_path / ".out.staging" / "checkpoints"
-    assert sorted(path.name for path in staging.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    [staging] = tmp_path.glob(".out.staging-*")  # the killed run's own staging folder
+    checkpoints = sorted(path.name for path in (staging / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
     assert main([*flags, "--max-steps", "6", "--resume-from-checkpoint", "last"]) == 0
     assert json.loads((output_dir / "results.json").read_text())["training_steps"] == 6
-    assert (output_dir / "checkpoints" / "checkpoint-6").is_dir() and not (tmp_path / ".out.staging").exists()
+    assert (output_dir / "checkpoints" / "checkpoint-6").is_dir() and not staging.exists()
 
 
 def test_the_module_command_exits_with_status_2_and_no_traceback(tmp_path):

@@ -95,14 +95,14 @@ def test_standard_push_to_hub_carries_the_card_and_loads_bit_exact(local_hub, mo
     changed = DistillVQModel(model.config)
     changed.load_state_dict(model.state_dict())
     with torch.no_grad():
-        changed.pq_codebooks.add_(1.0)
+        changed.codebooks.add_(1.0)
     changed.push_to_hub("org/versions")  # no card data: the repository keeps its card
     assert "index.faiss" not in HfApi().list_repo_files("org/versions")  # the index only when asked
     assert 'DistillVQModel.from_pretrained("org/versions")' in ModelCard.load("org/versions").text
     old = DistillVQModel.from_pretrained("org/versions", revision=first.oid)
     new = DistillVQModel.from_pretrained("org/versions")
-    assert torch.equal(old.pq_codebooks, model.pq_codebooks)
-    assert torch.equal(new.pq_codebooks, changed.pq_codebooks)
+    assert torch.equal(old.codebooks, model.codebooks)
+    assert torch.equal(new.codebooks, changed.codebooks)
     with pytest.raises(FileNotFoundError, match="holds no corpus index"):
         load_index("org/versions")
 

@@ -133,7 +133,7 @@ def test_combined_loss_returns_the_weighted_named_terms(small_model, batch):
                                                  batch["labels"][labelled])
     torch.testing.assert_close(terms["labels_contrastive"], expected)
     assert set(loss(batch)) == set(terms)  # without return_outputs, the terms alone
-    assert loss.trained_weights == {"pq_codebooks", "ivf_centroids", "query_encoder"}
+    assert loss.trained_weights == {"codebooks", "ivf_centroids", "query_encoder"}
     assert DistillVQLoss(small_model, ivf_weight=1.0, pq_weight=0.0).trained_weights == {"ivf_centroids",
                                                                                          "query_encoder"}
 

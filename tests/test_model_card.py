@@ -66,7 +66,7 @@ def test_trainer_used_directly_writes_a_card_with_the_training_facts(trained, tm
     assert "- `learning_rate`:" not in text and "output_dir" not in text  # a default value, a logging setting
     assert '"score_loss": "KLDivergenceLoss"' in text  # DistillVQLoss.get_config_dict()
     assert f"Ranking temperature: {trainer.loss.temperature:.4g}" in text
-    assert "Learning rates: pq_codebooks 0.001, ivf_centroids " in text
+    assert "Learning rates: codebooks 0.001, ivf_centroids " in text
     log = text.split("### Training log")[1].split("##")[0]
     assert re.search(r"\| +Step +\| +Training Loss +\| +pq_kl +\| +ivf_kl +\|", log)
     assert [int(line.split("|")[2]) for line in log.strip().splitlines()[2:]] == [2, 4]

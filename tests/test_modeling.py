@@ -42,12 +42,12 @@ def test_gradients_reach_centroids_and_codebooks(model, random_embeddings):
     output = model(queries, docs[:200])
     (output.pq_scores.sum() + output.ivf_scores.sum()).backward()
     assert model.ivf_centroids.grad.abs().sum() > 0
-    assert model.pq_codebooks.grad.abs().sum() > 0
+    assert model.codebooks.grad.abs().sum() > 0
     # straight-through: codewords nobody uses still get a gradient through the soft assignment
-    used = torch.zeros(model.pq_codebooks.shape[:2], dtype=torch.bool)
+    used = torch.zeros(model.codebooks.shape[:2], dtype=torch.bool)
     _, codes = model.quantize(docs[:200])
     used[torch.arange(8), codes] = True
-    assert (model.pq_codebooks.grad.abs().sum(-1)[~used] > 0).any()
+    assert (model.codebooks.grad.abs().sum(-1)[~used] > 0).any()
     model.zero_grad()
 
 

@@ -34,7 +34,7 @@ def test_two_processes_match_one_process(debian_embeddings, tmp_path):
     assert metadata == {"wrapper": "DistributedDataParallel", "world_size": "2"}
     assert single_metadata["world_size"] == "1"
     initial = DistillVQModel.from_pretrained(tmp_path / "init").state_dict()
-    for name in ("ivf_centroids", "pq_codebooks"):
+    for name in ("ivf_centroids", "codebooks"):
         assert torch.equal(rank0[name], rank1[name]), name  # DDP keeps the replicas identical
         assert not torch.equal(rank0[name], initial[name]), name  # and they did train
         # same global batch of 32 queries, same candidate union, gradients averaged: the same update

@@ -115,8 +115,8 @@ def test_learning_rates_follow_the_weights_scale(split, initial_model, tmp_path)
     trainer = DistillVQTrainer(model, args, Dataset.from_dict({"query_embedding": split[1][:64]}), split[0])
     optimizer = trainer.create_optimizer()
     rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
-    assert set(rates) == {"pq_codebooks"}  # a zero rate freezes the centroids
-    assert rates["pq_codebooks"] == pytest.approx(1e-2 * float(model.pq_codebooks.detach().pow(2).mean().sqrt()))
+    assert set(rates) == {"codebooks"}  # a zero rate freezes the centroids
+    assert rates["codebooks"] == pytest.approx(1e-2 * float(model.codebooks.detach().pow(2).mean().sqrt()))
     assert not model.ivf_centroids.requires_grad
     centroids = model.ivf_centroids.detach().clone()
     trainer.train()
@@ -157,7 +157,7 @@ def test_streaming_queries_are_mined_lazily_and_train(split, initial_model, tmp_
         assert eager_row["candidate_ids"] == streamed_row["candidate_ids"]
     streaming.train()
     assert streaming.state.global_step == 4
-    assert not torch.equal(model.pq_codebooks, initial_model.pq_codebooks)
+    assert not torch.equal(model.codebooks, initial_model.codebooks)
 
 
 def test_resume_continues_from_the_checkpoint_step(split, initial_model, tmp_path):
@@ -173,7 +173,7 @@ def test_resume_continues_from_the_checkpoint_step(split, initial_model, tmp_pat
     trainer = DistillVQTrainer(resumed, training_args(tmp_path / "b", max_steps=6), dataset, docs)
     trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-4"))
     assert trainer.state.global_step == 6
-    torch.testing.assert_close(resumed.pq_codebooks, uninterrupted.pq_codebooks)
+    torch.testing.assert_close(resumed.codebooks, uninterrupted.codebooks)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,24 @@
-"""distill-vq: learn faiss IVF-PQ indexes by distilling dense-retrieval scores (Distill-VQ, EmbedDistill)."""
+"""distill-vq: learn faiss IVF-PQ / IVF-RQ indexes by distilling dense-retrieval scores (Distill-VQ, EmbedDistill).
+
+Modules, from the ground floor up (each imports only modules listed above it):
+
+    quantizers/                  code families: product (PQ) and residual (RQ) quantization, one module each
+    configuration_distill_vq.py  DistillVQConfig: shapes, code family, nprobe, encoder id
+    validation.py, io_utils.py   input checks; atomic writes and the Hub-id test
+    faiss_bridge.py              exact faiss <-> weights conversion, faiss's own training, flat index
+    encoding.py                  text encoder (sentence-transformers folders) and the embedding cache
+    modeling_distill_vq.py       DistillVQModel: differentiable IVF + codes, scored exactly as the exported index
+    sampling.py                  exact search, candidate mining, data-derived temperature and learning rates
+    losses.py                    ranking / embedding-matching losses and DistillVQLoss, the combined objective
+    evaluation.py                recall vs exact, label metrics, QPS, tables
+    data.py                      corpus / queries / qrels loading (BEIR, files, Hub) and the retrieval task
+    model_card.py                card data filled by a TrainerCallback, rendered from model_cards/
+    trainer.py                   DistillVQTrainer, DistillVQTrainingArguments, the RQ code cache
+    output_folder.py, hub.py     the command's output folder; Hub push and download
+    query_generation.py          doc2query-style training queries from documents
+    pipeline.py                  load -> encode -> initialise -> distil -> export -> evaluate -> write
+    cli.py                       the `distill-vq` command: flags and printing over the pipeline
+"""
 
 from transformers import AutoConfig, AutoModel
 

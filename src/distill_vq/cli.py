@@ -6,8 +6,8 @@
     distill-vq push OUTPUT_DIR REPO_ID [--private] [--include-index] [--revision BRANCH]
 
 `train` passes every flag it does not know to `DistillVQTrainingArguments` (transformers `TrainingArguments`
-plus the distillation settings), e.g. `--warmup-steps 20 --pq-learning-rate 1e-4 --save-strategy steps`.
-User errors print one line `distill-vq: error: <message>` and exit with status 2.
+plus the distillation settings), e.g. `--warmup-steps 20 --pq-learning-rate 1e-4 --save-total-limit 3`.
+User errors, damaged files and Hub failures print one line `distill-vq: error: <message>` and exit with status 2.
 """
 
 from __future__ import annotations
@@ -17,20 +17,25 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
 import torch
 from transformers import HfArgumentParser
 
 from . import pipeline
 from .data import DataError, default_data_path, load_corpus
 from .encoding import DEFAULT_ENCODER_NAME, TextEncoder
-from .hub import download_output_dir, push_output_dir
+from .hub import download_output_dir, hub_error_message, push_output_dir, set_hub_timeouts
+from .io_utils import is_hub_id
 from .losses import SCORE_LOSSES
-from .configuration_distill_vq import DistillVQConfig
-from .output_folder import read_index_files
+from .quantizers import QUANTIZERS
+from .output_folder import read_output_folder, recover_interrupted_swap
 from .pipeline import DEFAULT_CACHE_DIR, DEFAULT_EVAL_SPLIT, DEFAULT_OUTPUT_DIR, MIN_POINTS_PER_LIST, TrainSettings
 from .trainer import DistillVQTrainingArguments
 
 DEFAULT_MAX_STEPS = 300
+SAVE_EVERY = 0.1  # a checkpoint every 10% of the steps (and at the end, or when the time budget is spent)
+SAVE_TOTAL_LIMIT = 2
 DISTILLATION_LOSSES = [name for name in SCORE_LOSSES if name != "contrastive"]  # contrastive needs labels
 SNIPPET_CHARS = 100
 
@@ -72,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--num-lists", type=positive_int,
                        help=f"IVF lists (default: a power of two near 4*sqrt(num_docs), at most num_docs/"
                             f"{MIN_POINTS_PER_LIST})")
+    index.add_argument("--quantizer", default="pq", choices=sorted(QUANTIZERS),
+                       help="code family: pq (faiss PQ) or rq (faiss residual quantizer, inner product; exported as a "
+                            "PQ-speed index) (default: pq)")
     index.add_argument("--num-subvectors", type=positive_int, default=16, help="PQ sub-vectors (default: 16)")
+    index.add_argument("--num-codebooks", type=positive_int,
+                       help="RQ codebooks, i.e. bytes per vector (--quantizer rq; default: --num-subvectors)")
     index.add_argument("--bits-per-subvector", type=positive_int, default=8, help="bits per PQ code (default: 8)")
     index.add_argument("--no-rotation", action="store_true", help="no OPQ rotation")
     index.add_argument("--nprobe", type=positive_int,
@@ -80,10 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     training = train.add_argument_group("training")
     training.add_argument("--loss", default="listnet", choices=DISTILLATION_LOSSES, help="(default: listnet)")
     training.add_argument("--max-steps", type=positive_int, help=f"optimizer steps (default: {DEFAULT_MAX_STEPS})")
-    training.add_argument("--num-train-epochs", type=float, help="train for epochs instead of --max-steps")
+    training.add_argument("--num-train-epochs", type=float, help="train for epochs (> 0) instead of --max-steps")
     training.add_argument("--batch-size", type=positive_int, default=64, help="queries per step (default: 64)")
     training.add_argument("--seed", type=int, default=42, help="seed of faiss, the query split and training")
     train.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"(default: {DEFAULT_OUTPUT_DIR})")
+    train.add_argument("--overwrite-output-dir", action="store_true",
+                       help="write into a non-empty folder that is not an earlier output folder (its files other "
+                            "than the run's own are kept)")
 
     evaluate = commands.add_parser(
         "evaluate", help="evaluate an output folder's index against exact search",
@@ -134,12 +147,14 @@ def _add_data_arguments(parser: argparse.ArgumentParser, encoder: bool = True) -
 
 def training_arguments(args: argparse.Namespace, flags: list[str]) -> DistillVQTrainingArguments:
     """The command's training settings, overridden by any `DistillVQTrainingArguments` flags passed through."""
-    max_steps = -1 if args.num_train_epochs and args.max_steps is None else args.max_steps or DEFAULT_MAX_STEPS
+    epochs = args.num_train_epochs is not None and args.max_steps is None
+    max_steps = -1 if epochs else args.max_steps or DEFAULT_MAX_STEPS
     parser = HfArgumentParser(DistillVQTrainingArguments, exit_on_error=False)
     parser.set_defaults(
         output_dir=str(Path(args.output_dir) / "checkpoints"), per_device_train_batch_size=args.batch_size,
-        max_steps=max_steps, num_train_epochs=args.num_train_epochs or 3.0, seed=args.seed, loss=args.loss,
-        logging_steps=max(1, max_steps // 10) if max_steps > 0 else 50, save_strategy="no", report_to=[],
+        max_steps=max_steps, num_train_epochs=args.num_train_epochs if epochs else 3.0, seed=args.seed,
+        loss=args.loss, logging_steps=max(1, max_steps // 10) if max_steps > 0 else 50, save_strategy="steps",
+        save_steps=SAVE_EVERY, save_total_limit=SAVE_TOTAL_LIMIT, report_to=[],
         use_cpu=not torch.cuda.is_available(), num_teacher_candidates=200,
     )
     try:
@@ -172,24 +187,23 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    if not Path(args.output_dir).is_dir():  # a Hub repository: results go to the working folder, not the Hub cache
-        args.results_dir = args.results_dir or Path("evaluation")
     output_dir = _local_output_dir(args.output_dir)
-    if args.results_dir is not None and args.results_dir.resolve() == output_dir.resolve():
-        raise DataError("--results-dir must not be the output folder itself: it would replace the training's "
-                        "results and card facts; choose another folder.")
+    if is_hub_id(args.output_dir):  # a Hub repository: results go to the working folder, not the Hub cache
+        args.results_dir = args.results_dir or Path("evaluation")
     results_dir = args.results_dir or output_dir / "evaluation"
     print(pipeline.evaluate(output_dir, settings_from(args), results_dir, StepPrinter(3)))
     print(f"distill-vq: wrote {results_dir}")
 
 
 def _local_output_dir(name: str) -> Path:
-    """An output folder, or the local copy of a Hub repository pushed with `distill-vq push --include-index`."""
-    if Path(name).is_dir():
+    """An output folder (put back first if a killed run left it moved aside), or the local copy of a Hub repository
+    pushed with `distill-vq push --include-index`."""
+    recover_interrupted_swap(name)
+    if not is_hub_id(name):
         return Path(name)
     try:
         return download_output_dir(name)
-    except OSError as error:
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise FileNotFoundError(f"{name} is not a folder, and fetching it from the Hub failed: {error}") from None
 
 
@@ -198,18 +212,23 @@ def _local_output_dir(name: str) -> Path:
 
 def run_search(args: argparse.Namespace) -> None:
     args.output_dir = _local_output_dir(args.output_dir)
-    index, doc_ids, index_config = read_index_files(args.output_dir, args.nprobe)
-    config = DistillVQConfig.from_pretrained(args.output_dir)
+    config, index, doc_ids, index_config = read_output_folder(args.output_dir, args.nprobe)
     encoder = TextEncoder(config.encoder_name_or_path, revision=config.encoder_revision)
     if encoder.embedding_dim != config.embedding_dim:
         raise DataError(f"{config.encoder_name_or_path} makes {encoder.embedding_dim}-d embeddings but the index holds "
                         f"{config.embedding_dim}-d ones; the index was trained on embeddings of another encoder.")
     scores, rows = index.search(encoder.encode([args.query], show_progress=False), min(args.k, len(doc_ids)))
-    texts = _document_texts(args.corpus or index_config["corpus"], rows[0], doc_ids)
+    texts = _document_texts(args.corpus or index_config.get("corpus"), rows[0], doc_ids)
     print(f"{'rank':>4}  {'score':>7}  {'doc id':<12}  text")
     for rank, (score, row) in enumerate(zip(scores[0], rows[0]), start=1):
         if row >= 0:
-            print(f"{rank:>4}  {score:7.4f}  {doc_ids[row]:<12}  {texts.get(row, '')}")
+            print(f"{rank:>4}  {score:7.4f}  {printable(doc_ids[row]):<12}  {printable(texts.get(row, ''))}")
+
+
+def printable(text: str) -> str:
+    """`text` with control and other unprintable characters escaped (`\\x1b`, `\\u202e`), so that document text
+    cannot move the cursor, recolour or hide output in a terminal."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def _document_texts(corpus: str | None, rows, doc_ids: list[str]) -> dict[int, str]:
@@ -247,16 +266,20 @@ COMMANDS = {"train": run_train, "evaluate": run_evaluate, "search": run_search, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; return its exit status (2 for a user error, reported in one line)."""
+    """Run the command; return its exit status (2 for a user error, a damaged file or a Hub failure, reported in
+    one line)."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.training_flags = unknown
+    set_hub_timeouts()
     try:
         COMMANDS[args.command](args)
-    except (ValueError, OSError) as error:  # DataError, input checks, missing files, permissions, Hub and network
-        message = " ".join(str(error).split())
-        print(f"distill-vq: error: {message}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - Hub failures are recognised by hub_error_message, others re-raised
+        message = hub_error_message(error)
+        if message is None and not isinstance(error, (ValueError, OSError)):  # not a user error: a bug to report
+            raise
+        print(f"distill-vq: error: {' '.join((message or str(error)).split())}", file=sys.stderr)
         return 2
     return 0

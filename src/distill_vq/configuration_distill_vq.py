@@ -1,27 +1,40 @@
-"""`DistillVQConfig`: the shapes and scoring rule of a Distill-VQ quantizer (IVF lists + residual PQ)."""
+"""`DistillVQConfig`: the shapes and scoring rule of a Distill-VQ quantizer (IVF lists + residual codes)."""
+
+from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .quantizers import get_quantizer
+
 METRICS = ("inner_product", "l2")
 POOLINGS = ("mean", "cls")
 MIN_DEFAULT_NPROBE = 8
-INTEGER_FIELDS = ("embedding_dim", "num_lists", "num_subvectors", "bits_per_subvector", "nprobe")
+INTEGER_FIELDS = ("embedding_dim", "num_lists", "num_subvectors", "num_codebooks", "bits_per_subvector", "nprobe",
+                  "beam_size")
 
 
 class DistillVQConfig(PreTrainedConfig):
     r"""
-    Configuration of a [`DistillVQModel`]: an IVF coarse quantizer with `num_lists` centroids, a product
-    quantizer of the residuals with `num_subvectors` sub-vectors of `bits_per_subvector` bits each, and an
-    optional OPQ rotation. Together they fix the shapes of the weights and the scores, which are exactly
-    those of `faiss.index_factory(embedding_dim, "[OPQ{m},]IVF{num_lists},PQ{m}x{bits}", metric)`.
+    Configuration of a [`DistillVQModel`]: an IVF coarse quantizer with `num_lists` centroids, a code family for the
+    residuals (`quantizer`: product quantization with `num_subvectors` sub-vectors, or residual quantization with
+    `num_codebooks` full-dimension codebooks, `bits_per_subvector` bits per code), and an optional OPQ rotation.
+    Together they fix the shapes of the weights and the scores, which are exactly those of
+    `faiss.index_factory(embedding_dim, config.index_factory_string, metric)`, e.g. `"OPQ16,IVF1024,PQ16x8"` or
+    `"IVF1024,RQ16x8_Nnone"`.
 
     Args:
         embedding_dim (`int`): dimension of the document (and query) embeddings.
         num_lists (`int`): number of IVF lists (coarse centroids).
-        num_subvectors (`int`): number of PQ sub-vectors; must divide `embedding_dim`. Bytes per vector is
-            `num_subvectors * bits_per_subvector / 8`.
-        bits_per_subvector (`int`): bits per PQ code, 1..16 (codebook size `2**bits_per_subvector`).
+        quantizer (`str`, *optional*, defaults to `"pq"`): the code family, a key of `distill_vq.quantizers.QUANTIZERS`:
+            `"pq"` (faiss PQ) or `"rq"` (faiss residual quantizer, inner product and 8 bits only).
+        num_subvectors (`int`): number of PQ sub-vectors; must divide `embedding_dim`. Bytes per vector of a PQ
+            model is `num_subvectors * bits_per_subvector / 8`.
+        num_codebooks (`int`, *optional*): number of RQ codebooks (bytes per vector at 8 bits); `quantizer="rq"`
+            only, defaulting to `num_subvectors`.
+        bits_per_subvector (`int`): bits per code, 1..16 (codebook size `2**bits_per_subvector`).
+        beam_size (`int`, *optional*): RQ's beam search width (faiss `max_beam_size`); `quantizer="rq"` only,
+            defaulting to 5.
         nprobe (`int`, *optional*): IVF lists searched per query, 1..`num_lists`; defaults to an eighth of the lists,
             but at least `min(num_lists, 8)` so that small indexes are not searched through one list.
         use_rotation (`bool`): whether an OPQ rotation is applied to queries and documents first.
@@ -43,8 +56,11 @@ class DistillVQConfig(PreTrainedConfig):
 
     embedding_dim: int = 384
     num_lists: int = 1024
+    quantizer: str = "pq"
     num_subvectors: int = 16
+    num_codebooks: int | None = None
     bits_per_subvector: int = 8
+    beam_size: int | None = None
     nprobe: int | None = None
     use_rotation: bool = False
     metric: str = "inner_product"
@@ -77,22 +93,18 @@ class DistillVQConfig(PreTrainedConfig):
         for name in ("embedding_dim", "num_lists", "num_subvectors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
-        if self.embedding_dim % self.num_subvectors != 0:
-            divisors = [m for m in (4, 8, 12, 16, 24, 32, 48, 64, 96) if self.embedding_dim % m == 0]
-            raise ValueError(
-                f"num_subvectors={self.num_subvectors} does not divide embedding_dim={self.embedding_dim}; "
-                f"choose a divisor such as {divisors}."
-            )
         if not 1 <= self.nprobe <= self.num_lists:
             raise ValueError(f"nprobe={self.nprobe} must be between 1 and num_lists={self.num_lists}; lower nprobe.")
         if not 1 <= self.bits_per_subvector <= 16:
             raise ValueError(
                 f"bits_per_subvector={self.bits_per_subvector} is outside 1..16; 8 is the usual choice."
             )
+        get_quantizer(self.quantizer).check_config(self)  # the family's own shapes (fills its defaults)
 
     @property
-    def subvector_dim(self) -> int:
-        return self.embedding_dim // self.num_subvectors
+    def num_codes(self) -> int:
+        """Codes per vector: PQ sub-vectors or RQ codebooks."""
+        return get_quantizer(self.quantizer).num_codes(self)
 
     @property
     def codebook_size(self) -> int:
@@ -100,13 +112,13 @@ class DistillVQConfig(PreTrainedConfig):
 
     @property
     def bytes_per_vector(self) -> float:
-        return self.num_subvectors * self.bits_per_subvector / 8
+        return self.num_codes * self.bits_per_subvector / 8
 
     @property
     def index_factory_string(self) -> str:
         """The `faiss.index_factory` description of the same index, e.g. `"OPQ16,IVF1024,PQ16x8"`."""
-        rotation = f"OPQ{self.num_subvectors}," if self.use_rotation else ""
-        return f"{rotation}IVF{self.num_lists},PQ{self.num_subvectors}x{self.bits_per_subvector}"
+        rotation = f"OPQ{self.num_codes}," if self.use_rotation else ""
+        return f"{rotation}IVF{self.num_lists},{get_quantizer(self.quantizer).factory_string(self)}"
 
 
 __all__ = ["DistillVQConfig"]

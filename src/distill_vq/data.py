@@ -41,13 +41,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets.exceptions import DatasetGenerationError
 
+from .io_utils import is_hub_id
+
 Kind = Literal["corpus", "queries"]
 Qrels = dict[str, dict[str, int]]
 
 BEIR_LAYOUT = "a BEIR folder (corpus.jsonl[.gz], queries.jsonl[.gz], qrels/<split>.tsv)"
 QRELS_HEADER = ["query-id", "corpus-id", "score"]
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-_HUB_ID = re.compile(r"[\w-][\w.-]*(/[\w.-]+)?(:[\w.-]+)?")
 
 
 class DataError(ValueError):
@@ -325,7 +326,7 @@ def _file_builder(path: Path) -> str:
 def _looks_local(source: str) -> bool:
     """Whether `source` reads as a file path rather than a Hub id `owner/name[:config]`."""
     has_data_suffix = any(source.endswith(suffix) for suffix in (*FILE_BUILDERS, ".gz", ".tsv"))
-    return source.startswith((".", "~")) or has_data_suffix or not _HUB_ID.fullmatch(source)
+    return has_data_suffix or not is_hub_id(source.partition(":")[0])
 
 
 def _load_hub(source: str, *args, **kwargs) -> datasets.DatasetDict | datasets.IterableDatasetDict:
@@ -478,7 +479,7 @@ def load_task(
     if qrels is not None:
         if qrels.endswith(".tsv") or Path(qrels).expanduser().is_file():
             qrels_file = qrels
-        elif Path(qrels).expanduser().is_dir() or "/" in qrels:
+        elif "/" in qrels or not is_hub_id(qrels):  # a folder, or a Hub id `owner/name`; a bare name is a split
             qrels_source = qrels
         else:
             eval_split = qrels

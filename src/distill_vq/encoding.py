@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import cached_file, resolve_revision
 
-from .io_utils import atomic_path
+from .io_utils import atomic_path, is_hub_id
 
 DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGED_ENCODER_NAMES = (DEFAULT_ENCODER_NAME, "all-MiniLM-L6-v2")
@@ -56,8 +56,7 @@ def resolve_encoder(name_or_path: str | Path | None) -> tuple[str, str]:
     """
     if name_or_path is None or str(name_or_path) in PACKAGED_ENCODER_NAMES:
         return DEFAULT_ENCODER_NAME, str(default_encoder_path())
-    path = Path(name_or_path).expanduser()
-    return str(name_or_path), str(path) if path.is_dir() else str(name_or_path)
+    return str(name_or_path), str(name_or_path) if is_hub_id(name_or_path) else str(Path(name_or_path).expanduser())
 
 
 class TextEncoder:

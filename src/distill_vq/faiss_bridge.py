@@ -1,4 +1,10 @@
-"""Exact conversion between faiss `[OPQ,]IVF,PQ` indexes and the weights of a `DistillVQModel`."""
+"""Exact conversion between faiss `[OPQ,]IVF,PQ` / `[OPQ,]IVF,RQ` indexes and the weights of a `DistillVQModel`.
+
+The code family's own faiss details (codebook layout, encoder settings, the index searched) live in
+`distill_vq.quantizers`; this module handles what every family shares: the rotation, the IVF lists and the documents.
+"""
+
+from __future__ import annotations
 
 import faiss
 import numpy as np
@@ -6,11 +12,12 @@ from tqdm.auto import tqdm
 
 from .configuration_distill_vq import DistillVQConfig
 from .io_utils import atomic_path
+from .quantizers import QUANTIZERS, get_quantizer
 
 FAISS_METRICS = {"inner_product": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 SUPPORTED_INDEXES = (
-    'faiss.index_factory(d, "IVF{n},PQ{m}" | "IVF{n},PQ{m}x{b}" | "OPQ{m},IVF{n},PQ{m}[x{b}]", metric) '
-    "with metric METRIC_INNER_PRODUCT or METRIC_L2"
+    'faiss.index_factory(d, "[OPQ{m},]IVF{n},PQ{m}[x{b}]" | "[OPQ{m},]IVF{n},RQ{m}x8[_Nnone]", metric) with metric '
+    "METRIC_INNER_PRODUCT or METRIC_L2 (RQ: inner product)"
 )
 
 
@@ -22,8 +29,8 @@ def read_faiss_index(index: faiss.Index) -> tuple[DistillVQConfig, dict[str, np.
     """Read a trained faiss index into a config (its `nprobe` included) and its weights.
 
     Returns:
-        `(config, weights)` where weights holds `ivf_centroids (num_lists, dim)`,
-        `pq_codebooks (num_subvectors, 2**bits, dim // num_subvectors)` and `rotation (dim, dim)`.
+        `(config, weights)` where weights holds `ivf_centroids (num_lists, dim)`, `codebooks` (the family's shape,
+        e.g. `(num_subvectors, 2**bits, dim // num_subvectors)` for PQ) and `rotation (dim, dim)`.
     """
     dim = index.d
     rotation = np.eye(dim, dtype=np.float32)
@@ -39,10 +46,9 @@ def read_faiss_index(index: faiss.Index) -> tuple[DistillVQConfig, dict[str, np.
         rotation = faiss.vector_to_array(transform.A).reshape(transform.d_out, transform.d_in)
         use_rotation = True
         index = faiss.downcast_index(index.index)
-    if type(index) is not faiss.IndexIVFPQ:
+    family = next((family for family in QUANTIZERS.values() if type(index) is family.faiss_index_type), None)
+    if family is None:
         raise _unsupported(type(index).__name__)
-    if not index.by_residual:
-        raise _unsupported("IndexIVFPQ with by_residual=False")
     if not index.is_trained:
         raise ValueError("The faiss index is not trained; call index.train(doc_embeddings) first.")
     metric = {value: key for key, value in FAISS_METRICS.items()}.get(index.metric_type)
@@ -51,41 +57,37 @@ def read_faiss_index(index: faiss.Index) -> tuple[DistillVQConfig, dict[str, np.
     quantizer = faiss.downcast_index(index.quantizer)
     if not isinstance(quantizer, faiss.IndexFlat):
         raise _unsupported(f"coarse quantizer {type(quantizer).__name__} (only a flat quantizer is exact)")
-    pq = index.pq
-    config = DistillVQConfig(
-        embedding_dim=dim,
-        num_lists=index.nlist,
-        num_subvectors=pq.M,
-        bits_per_subvector=pq.nbits,
-        nprobe=min(index.nprobe, index.nlist),
-        use_rotation=use_rotation,
-        metric=metric,
-    )
-    weights = {
-        "ivf_centroids": quantizer.reconstruct_n(0, index.nlist),
-        "pq_codebooks": faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub),
-        "rotation": rotation,
-    }
+    fields, codebooks = family.read_faiss(index)
+    config = DistillVQConfig(embedding_dim=dim, num_lists=index.nlist, nprobe=min(index.nprobe, index.nlist),
+                             use_rotation=use_rotation, metric=metric, **fields)
+    weights = {"ivf_centroids": quantizer.reconstruct_n(0, index.nlist), "codebooks": codebooks, "rotation": rotation}
     return config, weights
 
 
 def build_faiss_index(
     config: DistillVQConfig,
     ivf_centroids: np.ndarray,
-    pq_codebooks: np.ndarray,
+    codebooks: np.ndarray,
     rotation: np.ndarray,
-    doc_embeddings: np.ndarray | None = None,
+    list_ids: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
     nprobe: int | None = None,
     batch_size: int = 65536,
 ) -> faiss.Index:
-    """Build `faiss.index_factory(config.index_factory_string)` carrying exactly these weights.
+    """A faiss index carrying exactly these weights and, when given, documents stored with exactly these codes.
 
     Args:
-        ivf_centroids: `(num_lists, dim)`; pq_codebooks: `(num_subvectors, 2**bits, dim // num_subvectors)`;
-        rotation: `(dim, dim)`, used only when `config.use_rotation`.
-        doc_embeddings: optional `(num_docs, dim)` documents to add, with ids `0..num_docs-1`.
+        ivf_centroids: `(num_lists, dim)`; codebooks: the family's shape; rotation: `(dim, dim)`, used only when
+            `config.use_rotation`.
+        list_ids, codes: optional `(num_docs,)` IVF lists and `(num_docs, num_codes)` codes of the documents (the
+            model's `quantize`), stored with ids `0..num_docs-1` without re-encoding.
         nprobe: lists searched per query; default `config.nprobe`.
+
+    Returns:
+        the index the family searches with (`config.index_factory_string` itself for PQ; for RQ the same codes in a
+        PQ-speed `IndexIVFPQ`, see `quantizers.residual.lifted_ivfpq`).
     """
+    family = get_quantizer(config.quantizer)
     index = faiss.index_factory(config.embedding_dim, config.index_factory_string, FAISS_METRICS[config.metric])
     if config.use_rotation:
         transform = faiss.downcast_VectorTransform(index.chain.at(0))
@@ -94,16 +96,42 @@ def build_faiss_index(
         transform.is_trained = True
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     ivf.quantizer.add(np.ascontiguousarray(ivf_centroids, dtype=np.float32))
-    faiss.copy_array_to_vector(np.ascontiguousarray(pq_codebooks, dtype=np.float32).ravel(), ivf.pq.centroids)
+    family.write_faiss(config, ivf, codebooks)
     ivf.is_trained = True
     index.is_trained = True
-    ivf.precompute_table()
     ivf.nprobe = nprobe or config.nprobe
-    if doc_embeddings is not None:
-        for start in tqdm(range(0, len(doc_embeddings), batch_size), desc="Adding documents", unit="batch",
-                          disable=len(doc_embeddings) <= batch_size):
-            index.add(np.ascontiguousarray(doc_embeddings[start : start + batch_size], dtype=np.float32))
-    return index
+    if codes is not None:
+        for start in tqdm(range(0, len(codes), batch_size), desc="Adding documents", unit="batch",
+                          disable=len(codes) <= batch_size):
+            _add_codes(ivf, list_ids[start : start + batch_size], codes[start : start + batch_size])
+        index.ntotal = ivf.ntotal  # an IndexPreTransform keeps its own count
+    return family.finish_export(config, index, ivf)
+
+
+def _add_codes(ivf: faiss.IndexIVF, list_ids: np.ndarray, codes: np.ndarray) -> None:
+    """Store `codes (n, num_codes)` (8 or fewer bits each, packed as faiss packs them) in lists `list_ids (n,)`, with
+    the next ids: faiss's standalone code layout is the list number in `coarse_code_size` little-endian bytes, then
+    the code."""
+    list_ids, codes = np.asarray(list_ids, dtype=np.int64), np.asarray(codes, dtype=np.int64)
+    coarse_size = ivf.coarse_code_size()
+    packed = np.empty((len(codes), coarse_size + ivf.code_size), dtype=np.uint8)
+    for byte in range(coarse_size):
+        packed[:, byte] = (list_ids >> (8 * byte)) & 255
+    packed[:, coarse_size:] = _pack_codes(codes, ivf.code_size, _bits_per_code(ivf))
+    ivf.add_sa_codes(packed, np.arange(ivf.ntotal, ivf.ntotal + len(codes), dtype=np.int64))
+
+
+def _bits_per_code(ivf: faiss.IndexIVF) -> int:
+    return ivf.pq.nbits if isinstance(ivf, faiss.IndexIVFPQ) else int(faiss.vector_to_array(ivf.rq.nbits)[0])
+
+
+def _pack_codes(codes: np.ndarray, code_size: int, bits: int) -> np.ndarray:
+    """`(n, num_codes)` integer codes -> `(n, code_size)` bytes, least significant bit first (faiss's BitstringWriter)."""
+    shifts = np.arange(bits, dtype=np.int64)
+    bit_array = ((codes[:, :, None] >> shifts) & 1).reshape(len(codes), -1).astype(np.uint8)  # (n, num_codes * bits)
+    padded = np.zeros((len(codes), code_size * 8), dtype=np.uint8)
+    padded[:, : bit_array.shape[1]] = bit_array
+    return np.packbits(padded, axis=1, bitorder="little")
 
 
 OPQ_MIN_DOCUMENTS = 1000  # faiss 1.15's OPQ training corrupts memory on a few hundred points
@@ -111,7 +139,7 @@ _WHY = {"bits_per_subvector": " (2**bits codewords)", "use_rotation": " (OPQ tra
 
 
 def documents_needed(config: DistillVQConfig) -> dict[str, int]:
-    """Documents faiss's training needs, by the setting that asks for them: a document per IVF list and per PQ
+    """Documents faiss's training needs, by the setting that asks for them: a document per IVF list and per
     codeword, and `OPQ_MIN_DOCUMENTS` for the rotation."""
     needs = {"num_lists": config.num_lists, "bits_per_subvector": config.codebook_size}
     if config.use_rotation:
@@ -120,7 +148,8 @@ def documents_needed(config: DistillVQConfig) -> dict[str, int]:
 
 
 def train_faiss_index(doc_embeddings: np.ndarray, config: DistillVQConfig, seed: int = 1234) -> faiss.Index:
-    """Train `config.index_factory_string` on the documents with faiss's own k-means (the paper's initialisation).
+    """Train `config.index_factory_string` on the documents with faiss's own training (k-means for the lists and PQ,
+    faiss's residual quantizer training for RQ): the paper's initialisation.
 
     Raises:
         ValueError: fewer documents than IVF lists or PQ codewords, or than OPQ training needs.
@@ -133,8 +162,7 @@ def train_faiss_index(doc_embeddings: np.ndarray, config: DistillVQConfig, seed:
     index = faiss.index_factory(config.embedding_dim, config.index_factory_string, FAISS_METRICS[config.metric])
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     ivf.cp.seed = seed
-    ivf.pq.cp.seed = seed
-    ivf.do_polysemous_training = False  # only permutes codewords for Hamming filtering, which is not used
+    get_quantizer(config.quantizer).prepare_training(config, ivf, seed)
     index.train(np.ascontiguousarray(doc_embeddings, dtype=np.float32))
     return index
 

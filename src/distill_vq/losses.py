@@ -383,7 +383,7 @@ class DistillVQLoss(nn.Module):
         the PQ or IVF term; every term reaches the query encoder."""
         reached = {"query_encoder"}
         if self.weights["pq"]:
-            reached |= {"pq_codebooks", "ivf_centroids"}
+            reached |= {"codebooks", "ivf_centroids"}
         if self.weights["ivf"]:
             reached.add("ivf_centroids")
         return reached

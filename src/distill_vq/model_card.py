@@ -140,7 +140,7 @@ class DistillVQModelCardData(CardData):
         self.index = {
             "factory": config.index_factory_string, "bytes_per_vector": f"{config.bytes_per_vector:g}",
             "embedding_dim": config.embedding_dim, "metric": config.metric, "num_lists": config.num_lists,
-            "nprobe": config.nprobe, "num_subvectors": config.num_subvectors,
+            "nprobe": config.nprobe, "quantizer": config.quantizer, "num_codes": config.num_codes,
             "bits_per_subvector": config.bits_per_subvector, "use_rotation": config.use_rotation,
             "encoder": encoder, "encoder_revision": config.encoder_revision,
             "query_encoder": config.query_encoder_config is not None,

@@ -1,11 +1,11 @@
-"""`DistillVQModel`: IVF centroids, residual PQ codebooks and an OPQ rotation, scored exactly as faiss does."""
+"""`DistillVQModel`: IVF centroids, residual codebooks (PQ or RQ) and an OPQ rotation, scored exactly as faiss does."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
@@ -14,6 +14,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file
 from .configuration_distill_vq import DistillVQConfig
 from .encoding import pool_tokens, resolve_encoder
 from .faiss_bridge import build_faiss_index, read_faiss_index, train_faiss_index
+from .quantizers import get_quantizer
 from .validation import check_embeddings
 
 
@@ -23,8 +24,8 @@ class DistillVQOutput(ModelOutput):
 
     Args:
         ivf_scores (`(batch, num_docs)`): `s(Rq, c_list(d))`, the coarse (IVF) student.
-        pq_scores (`(batch, num_docs)`): `s(Rq, c_list(d) + PQ(Rd - c_list(d)))`, the faiss IVF-PQ score;
-            straight-through, differentiable w.r.t. centroids and codebooks.
+        pq_scores (`(batch, num_docs)`): `s(Rq, c_list(d) + Q(Rd - c_list(d)))`, the exported index's score with the
+            residual's codes (PQ or RQ); differentiable w.r.t. centroids and codebooks.
         teacher_scores (`(batch, num_docs)`): `s(q, d)`, exact search with the original embeddings.
         student_scores (`(batch, num_docs)`): `s(q, d)` of the model's own (student) query embeddings against the
             exact documents; only when the queries come from the query encoder (EmbedDistill's score term).
@@ -76,17 +77,18 @@ class DistillVQPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         if isinstance(module, DistillVQModel):
             init.normal_(module.ivf_centroids, std=0.02)
-            init.normal_(module.pq_codebooks, std=0.02)
+            init.normal_(module.codebooks, std=0.02)
             init.eye_(module.rotation)
         else:
             super()._init_weights(module)
 
 
 class DistillVQModel(DistillVQPreTrainedModel):
-    """A differentiable `[OPQ,]IVF,PQ` index.
+    """A differentiable `[OPQ,]IVF,PQ` or `[OPQ,]IVF,RQ` index.
 
     Weights:
-        ivf_centroids `(num_lists, dim)`, pq_codebooks `(num_subvectors, 2**bits, dim // num_subvectors)`,
+        ivf_centroids `(num_lists, dim)`, codebooks (PQ: `(num_subvectors, 2**bits, dim // num_subvectors)`, RQ:
+        `(num_codebooks, 2**bits, dim)`),
         rotation `(dim, dim)` (persistent buffer; identity without OPQ), and optionally a `query_encoder`
         (with `query_projection` when its hidden size differs from `dim`).
     """
@@ -95,9 +97,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
         super().__init__(config)
         dim = config.embedding_dim
         self.ivf_centroids = nn.Parameter(torch.empty(config.num_lists, dim))
-        self.pq_codebooks = nn.Parameter(
-            torch.empty(config.num_subvectors, config.codebook_size, config.subvector_dim)
-        )
+        self.codebooks = nn.Parameter(torch.empty(*get_quantizer(config.quantizer).codebook_shape(config)))
         self.register_buffer("rotation", torch.empty(dim, dim), persistent=True)
         self.query_encoder = None
         self.query_projection = None
@@ -120,8 +120,14 @@ class DistillVQModel(DistillVQPreTrainedModel):
                     f"{pretrained_model_name_or_path} holds a {config_dict.get('model_type')!r} model, not a "
                     "distill_vq quantizer; load it with its own class (e.g. AutoModel)."
                 )
+        kwargs.setdefault("key_mapping", {r"^pq_codebooks$": "codebooks"})  # checkpoints saved before RQ existed
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:  # cut off, empty, or not a safetensors file (a pickle is never unpickled)
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: {SAFE_WEIGHTS_NAME} is not a readable safetensors file ({error}); "
+                "it is damaged or cut off: copy it again, or train the model again."
+            ) from error
         except RuntimeError as error:
             if "ignore_mismatched_sizes" not in str(error):
                 raise
@@ -180,7 +186,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
 
     @classmethod
     def from_faiss(cls, index, **config_kwargs) -> "DistillVQModel":
-        """Copy the centroids, codebooks and rotation of a trained faiss `[OPQ,]IVF,PQ` index.
+        """Copy the centroids, codebooks and rotation of a trained faiss `[OPQ,]IVF,PQ` or `[OPQ,]IVF,RQ` index.
 
         `config_kwargs` (e.g. `encoder_name_or_path`) are added to the config read from the index.
         """
@@ -194,7 +200,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
 
     @classmethod
     def from_embeddings(cls, doc_embeddings, config: DistillVQConfig, seed: int = 1234) -> "DistillVQModel":
-        """Train faiss's k-means initialisation (the paper's starting point) on `doc_embeddings (N, dim)`."""
+        """Train faiss's initialisation (the paper's starting point) on `doc_embeddings (N, dim)`."""
         docs = check_embeddings(
             doc_embeddings, "doc_embeddings", config.embedding_dim, min_rows=max(config.num_lists, 1)
         )
@@ -203,24 +209,32 @@ class DistillVQModel(DistillVQPreTrainedModel):
         return cls.from_faiss(index, **extra)
 
     def to_faiss(self, doc_embeddings=None, nprobe: int | None = None):
-        """A faiss index carrying the current weights, with `doc_embeddings (N, dim)` added as ids `0..N-1`, searching
-        `nprobe` lists per query (default: `config.nprobe`).
+        """A faiss index carrying the current weights, with `doc_embeddings (N, dim)` stored under this model's codes
+        as ids `0..N-1`, searching `nprobe` lists per query (default: `config.nprobe`).
 
-        Its scores equal `forward(...).pq_scores` (for l2, faiss returns squared distances, i.e. `-pq_scores`).
+        Its scores equal `forward(...).pq_scores` (for l2, faiss returns squared distances, i.e. `-pq_scores`). PQ
+        exports `config.index_factory_string`; RQ exports the same codes in a PQ-speed `IndexIVFPQ` over the
+        repeated query (`quantizers.residual.lifted_ivfpq`).
         """
-        docs = None
+        list_ids = codes = None
         if doc_embeddings is not None:
-            docs = check_embeddings(doc_embeddings, "doc_embeddings", self.config.embedding_dim)
+            list_ids, codes = (tensor.cpu().numpy() for tensor in self.quantize(doc_embeddings))
         return build_faiss_index(
             self.config,
             self.ivf_centroids.detach().cpu().float().numpy(),
-            self.pq_codebooks.detach().cpu().float().numpy(),
+            self.codebooks.detach().cpu().float().numpy(),
             self.rotation.detach().cpu().float().numpy(),
-            doc_embeddings=docs,
+            list_ids=list_ids,
+            codes=codes,
             nprobe=nprobe or self.config.nprobe,
         )
 
     # ----- quantization -----
+
+    @property
+    def code_family(self):
+        """The config's code family (`distill_vq.quantizers`): how residuals become codes."""
+        return get_quantizer(self.config.quantizer)
 
     def rotate(self, embeddings: torch.Tensor) -> torch.Tensor:
         """`(..., dim) -> (..., dim)`: `R x`, the OPQ rotation (identity without OPQ)."""
@@ -235,61 +249,34 @@ class DistillVQModel(DistillVQPreTrainedModel):
         scores = pairwise_scores(rotated_docs, self.ivf_centroids, self.config.metric)
         return scores.argmax(dim=-1)
 
-    def quantize_residuals(
-        self, residuals: torch.Tensor, temperature: float | torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Product-quantize `residuals (N, dim)` with a straight-through estimator.
-
-        The forward value is the hard nearest-codeword reconstruction (what faiss stores); the gradient flows
-        through a softmax over codewords at `temperature` (default: the batch's mean gap between the nearest
-        and the second-nearest codeword distance, so it follows the data's scale).
-
-        Runs in float32 with autocast off, so that the codes are faiss's under mixed precision too.
+    def quantize_residuals(self, residuals: torch.Tensor, temperature: float | torch.Tensor | None = None,
+                           codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize `residuals (N, dim)` with the config's code family, differentiably (see its `quantize`): PQ's
+        straight-through soft assignment at `temperature`, or RQ's given `codes (N, num_codes)`.
 
         Returns:
-            `(reconstruction (N, dim) float32, codes (N, num_subvectors), temperature ())`.
+            `(reconstruction (N, dim) float32, codes (N, num_codes), temperature ())`.
         """
-        num_docs = residuals.shape[0]
-        with torch.autocast(residuals.device.type, enabled=False):
-            # (M, N, dsub)
-            subvectors = residuals.float().reshape(num_docs, self.config.num_subvectors, -1).transpose(0, 1)
-            codebooks = self.pq_codebooks.float()  # (M, K, dsub)
-            # squared distance to every codeword, up to the per-subvector constant ||r||^2: (M, N, K)
-            distances = torch.baddbmm(codebooks.pow(2).sum(-1).unsqueeze(1), subvectors, codebooks.transpose(1, 2),
-                                      alpha=-2)
-            codes = distances.argmin(dim=-1)  # (M, N)
-            if temperature is None:
-                nearest_two = distances.detach().topk(2, dim=-1, largest=False).values
-                temperature = (nearest_two[..., 1] - nearest_two[..., 0]).mean().clamp_min(1e-12)
-            temperature = torch.as_tensor(temperature, dtype=distances.dtype, device=distances.device)
-            soft = torch.softmax(-distances / temperature, dim=-1)
-            # (M, N, dsub)
-            hard_codewords = codebooks.gather(1, codes.unsqueeze(-1).expand(-1, -1, codebooks.shape[-1]))
-            # straight-through: the value is the hard codeword, the assignment's gradient is the soft one's
-            reconstruction = hard_codewords + torch.bmm(soft - soft.detach(), codebooks.detach())
-        return reconstruction.transpose(0, 1).reshape(num_docs, -1), codes.T, temperature
+        return self.code_family.quantize(self.config, self.codebooks, residuals, temperature, codes)
 
     @torch.no_grad()
     def quantize(self, doc_embeddings, batch_size: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode `doc_embeddings (N, dim)` as faiss does, in float32 with autocast off:
-        `(list_ids (N,), codes (N, num_subvectors))`."""
+        """Encode `doc_embeddings (N, dim)` as the exported index stores them, in float32 with autocast off:
+        `(list_ids (N,), codes (N, num_codes))`."""
         docs = torch.from_numpy(check_embeddings(doc_embeddings, "doc_embeddings", self.config.embedding_dim))
         list_ids, codes = [], []
         with torch.autocast(self.device.type, enabled=False):
             for batch in docs.to(self.device).split(batch_size):
                 rotated = self.rotate(batch)
                 lists = self.assign_lists(rotated)
-                _, batch_codes, _ = self.quantize_residuals(rotated - self.ivf_centroids[lists], temperature=1.0)
                 list_ids.append(lists)
-                codes.append(batch_codes)
+                codes.append(self.code_family.encode(self.config, self.codebooks, rotated - self.ivf_centroids[lists]))
         return torch.cat(list_ids), torch.cat(codes)
 
     @torch.no_grad()
     def reconstruct(self, list_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """`(N,), (N, num_subvectors) -> (N, dim)`: decoded documents in the original (unrotated) space."""
-        subvector_ids = torch.arange(self.config.num_subvectors, device=codes.device)
-        residuals = self.pq_codebooks[subvector_ids, codes].reshape(codes.shape[0], -1)
-        rotated = self.ivf_centroids[list_ids] + residuals
+        """`(N,), (N, num_codes) -> (N, dim)`: decoded documents in the original (unrotated) space."""
+        rotated = self.ivf_centroids[list_ids] + self.code_family.decode(self.config, self.codebooks, codes)
         return rotated @ self.rotation if self.config.use_rotation else rotated
 
     # ----- queries -----
@@ -327,6 +314,8 @@ class DistillVQModel(DistillVQPreTrainedModel):
         teacher_query_embeddings: torch.Tensor | None = None,
         doc_input_ids: torch.Tensor | None = None,
         doc_attention_mask: torch.Tensor | None = None,
+        doc_list_ids: torch.Tensor | None = None,
+        doc_codes: torch.Tensor | None = None,
         **kwargs,
     ) -> DistillVQOutput:
         """Score queries against documents with the teacher, the IVF student and the PQ student.
@@ -339,6 +328,9 @@ class DistillVQModel(DistillVQPreTrainedModel):
             teacher_query_embeddings: `(B, dim)` teacher queries for the teacher scores when the queries are
                 embedded by a student encoder; defaults to `query_embeddings`.
             doc_input_ids: `(M, L)` document tokens for the query encoder to embed as a symmetric student.
+            doc_list_ids, doc_codes: the documents' lists `(N,)` and codes `(N, num_codes)` (flattened like
+                `doc_embeddings`) when computed beforehand (RQ's beam search is refreshed every few steps by the
+                trainer, not run every step); default: assigned and encoded now.
         """
         if query_embeddings is None:
             query_embeddings = self.encode_queries(input_ids, attention_mask, token_type_ids)
@@ -349,8 +341,8 @@ class DistillVQModel(DistillVQPreTrainedModel):
             student_scores = pairwise_scores(query_embeddings, doc_embeddings, self.config.metric)
         flat_docs = doc_embeddings.reshape(-1, doc_embeddings.shape[-1])
         rotated_docs = self.rotate(flat_docs)
-        centroids = self.ivf_centroids[self.assign_lists(rotated_docs)]
-        residuals, _, temperature = self.quantize_residuals(rotated_docs - centroids, codeword_temperature)
+        centroids = self.ivf_centroids[self.assign_lists(rotated_docs) if doc_list_ids is None else doc_list_ids]
+        residuals, _, temperature = self.quantize_residuals(rotated_docs - centroids, codeword_temperature, doc_codes)
         shape = doc_embeddings.shape
         rotated_queries = self.rotate(query_embeddings)
         metric = self.config.metric
@@ -382,6 +374,7 @@ def _shape_mismatches(pretrained_model_name_or_path, kwargs) -> str:
     return "; ".join(found)
 
 
-_FAISS_FIELDS = {"embedding_dim", "num_lists", "num_subvectors", "bits_per_subvector", "use_rotation", "metric"}
+_FAISS_FIELDS = {"embedding_dim", "num_lists", "quantizer", "num_subvectors", "num_codebooks", "bits_per_subvector",
+                 "beam_size", "use_rotation", "metric"}
 
 __all__ = ["DistillVQModel", "DistillVQPreTrainedModel", "DistillVQOutput", "pairwise_scores"]

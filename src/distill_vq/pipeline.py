@@ -12,9 +12,12 @@ to a `progress(message)` callable (the command prints numbered steps; by default
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +32,12 @@ from .data import DataError, RetrievalTask, load_task, read_embeddings
 from .encoding import DEFAULT_ENCODER_NAME, TextEncoder, encode_dataset_cached, resolve_encoder
 from .evaluation import compare_indexes, evaluation_cutoffs
 from .faiss_bridge import documents_needed, flat_index
+from .io_utils import is_hub_id
 from .modeling_distill_vq import DistillVQModel
-from .output_folder import check_writable, read_index_files, staged_folder, write_index_files, write_results
+from .output_folder import (
+    CHECKPOINTS_DIR, INDEX_CONFIG_FILE, TRAINER_STATE_FILE, check_results_dir, check_run_signature, last_checkpoint,
+    read_output_folder, staged_folder, write_index_files, write_results, write_run_signature,
+)
 from .trainer import DistillVQTrainer, DistillVQTrainingArguments
 from .validation import check_embeddings
 
@@ -55,9 +62,11 @@ class TrainSettings:
         corpus / queries / qrels / eval_split: the data (see `data.load_task`); `corpus=None` is the packaged data.
         encoder: the embedding model (Hub id or folder); ignored for sides given as `.npy` embeddings.
         doc_embeddings / query_embeddings: `.npy` files of precomputed embeddings, rows in file order.
-        num_lists: IVF lists (default: `auto_num_lists(num_docs)`); num_subvectors, bits_per_subvector,
-        use_rotation, nprobe: the index (see `DistillVQConfig`).
+        num_lists: IVF lists (default: `auto_num_lists(num_docs)`); quantizer, num_subvectors, num_codebooks,
+        bits_per_subvector, use_rotation, nprobe: the index (see `DistillVQConfig`).
         seed: seeds faiss, the query split and training.
+        output_dir / overwrite_output_dir: where to write (see `output_folder.staged_folder`), and whether a non-empty
+            folder that is not an earlier output folder may be written into (its other files are kept).
     """
 
     corpus: str | None = None
@@ -69,12 +78,15 @@ class TrainSettings:
     query_embeddings: str | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
     num_lists: int | None = None
+    quantizer: str = "pq"
     num_subvectors: int = 16
+    num_codebooks: int | None = None
     bits_per_subvector: int = 8
     use_rotation: bool = True
     nprobe: int | None = None
     seed: int = 42
     output_dir: str = DEFAULT_OUTPUT_DIR
+    overwrite_output_dir: bool = False
 
 
 @dataclass
@@ -106,6 +118,22 @@ def auto_num_lists(num_docs: int) -> int:
     target = round(math.log2(4 * math.sqrt(num_docs)))
     cap = math.floor(math.log2(max(num_docs // MIN_POINTS_PER_LIST, 1)))
     return 2 ** max(0, min(target, cap))
+
+
+def check_settings(settings: TrainSettings, task: RetrievalTask) -> None:
+    """Refuse, before any encoding or training, settings that would fail or run wrong only after it: nprobe above
+    the lists, query embeddings with no queries to match them, and evaluation qrels that judge nothing relevant."""
+    num_lists = settings.num_lists or auto_num_lists(len(task.corpus))
+    if settings.nprobe is not None and settings.nprobe > num_lists:
+        raise DataError(f"--nprobe {settings.nprobe} is more than the {num_lists} IVF lists it would search; lower "
+                        "--nprobe or raise --num-lists.")
+    if task.pseudo_queries and settings.query_embeddings is not None:
+        raise DataError(f"--query-embeddings {settings.query_embeddings} is given but there are no queries (documents "
+                        "serve as pseudo-queries); pass the --queries it embeds, or drop --query-embeddings.")
+    if task.eval_qrels is not None and not any(score > 0 for judged in task.eval_qrels.values()
+                                               for score in judged.values()):
+        raise DataError(f"The qrels '{task.eval_name}' judge no document relevant (every score is <= 0), so MRR and "
+                        "NDCG cannot be computed; pass qrels whose relevant documents have scores > 0.")
 
 
 def embed_task(task: RetrievalTask, settings: TrainSettings, encoder_name: str | None = None,
@@ -148,7 +176,8 @@ def build_config(settings: TrainSettings, num_docs: int, embedding_dim: int, enc
     would have too few documents."""
     config = DistillVQConfig(
         embedding_dim=embedding_dim, num_lists=settings.num_lists or auto_num_lists(num_docs),
-        num_subvectors=settings.num_subvectors, bits_per_subvector=settings.bits_per_subvector,
+        quantizer=settings.quantizer, num_subvectors=settings.num_subvectors, num_codebooks=settings.num_codebooks,
+        bits_per_subvector=settings.bits_per_subvector,
         nprobe=settings.nprobe, use_rotation=settings.use_rotation, encoder_name_or_path=encoder_name,
         encoder_revision=encoder_revision,
     )
@@ -170,6 +199,35 @@ def training_queries(query_embeddings, train_rows: np.ndarray, doc_embeddings, s
     count = min(len(doc_embeddings), MAX_PSEUDO_QUERIES)
     rows = np.sort(np.random.default_rng(seed).choice(len(doc_embeddings), count, replace=False))
     return np.asarray(doc_embeddings[rows], dtype=np.float32)
+
+
+def run_signature(task: RetrievalTask, embeddings: TaskEmbeddings, config: DistillVQConfig, num_train_queries: int,
+                  num_processes: int) -> dict:
+    """What a run trains on, recorded beside its checkpoints; a resume must match it (`check_run_signature`)."""
+    return {
+        "num_docs": len(task.doc_ids), "doc_ids_sha256": hashlib.sha256(json.dumps(task.doc_ids).encode()).hexdigest(),
+        "encoder": embeddings.encoder_name, "embedding_dim": config.embedding_dim,
+        "num_train_queries": num_train_queries, "index_factory": config.index_factory_string, "metric": config.metric,
+        "num_processes": num_processes,
+    }
+
+
+def resume_checkpoint(value: str | None, output_dir: str | Path) -> str | None:
+    """`--resume-from-checkpoint`: None, a checkpoint folder, or `true` / `last` for the newest checkpoint of the
+    runs into `output_dir` (`output_folder.last_checkpoint`). Whether it fits the run is `check_run_signature`'s."""
+    if value is None:
+        return None
+    if value.lower() in ("true", "last"):
+        checkpoint = last_checkpoint(output_dir)
+        if checkpoint is None:
+            raise DataError(f"--resume-from-checkpoint {value}: no run into {output_dir} left a checkpoint; drop the "
+                            "flag to train from scratch.")
+    elif not (Path(value) / TRAINER_STATE_FILE).is_file():
+        raise DataError(f"--resume-from-checkpoint {value} is not a checkpoint folder (it has no {TRAINER_STATE_FILE}"
+                        "); pass a checkpoint-N folder, or `last`.")
+    else:
+        checkpoint = value
+    return str(checkpoint)
 
 
 def distill(model: DistillVQModel, train_queries: np.ndarray, doc_embeddings, training_args: DistillVQTrainingArguments,
@@ -236,35 +294,41 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
           progress: Callable[[str], None] = logger.info) -> TrainRun | None:
     """Load, encode, initialise from faiss, distil, export, evaluate and write `settings.output_dir`.
 
-    Under `accelerate launch` every process encodes its share of the texts and trains on its share of the queries
-    (data parallel); the main process alone evaluates and writes, and the others return None.
+    The output folder is locked and staged from the start (see `output_folder.staged_folder`), and every setting
+    is checked before the encoding and training. Under `accelerate launch` every process encodes its share of the
+    texts and trains on its share of the queries (data parallel); the main process alone evaluates and writes, and
+    the others return None.
     """
-    check_writable(settings.output_dir)
     state = PartialState()  # after the training arguments, whose --ddp-* settings start the process group
-    progress(f"Loading {'the packaged default data' if settings.corpus is None else settings.corpus}")
-    task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT)
-    embeddings = embed_task(task, settings, state=state, progress=progress)
-    docs = embeddings.docs
-    config = build_config(settings, len(docs), docs.shape[1], embeddings.encoder_name, embeddings.encoder_revision)
-    train_rows, eval_rows = task.split_queries(settings.seed)
-    train_queries = training_queries(embeddings.queries, train_rows, docs, settings.seed)
-    train_name = "training queries" if len(train_rows) else "documents as pseudo-queries (every query is judged)"
+    with staged_folder(settings.output_dir, state, settings.overwrite_output_dir) as folder:
+        progress(f"Loading {'the packaged default data' if settings.corpus is None else settings.corpus}")
+        task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT)
+        check_settings(settings, task)
+        checkpoint = resume_checkpoint(training_args.resume_from_checkpoint, settings.output_dir)
+        embeddings = embed_task(task, settings, state=state, progress=progress)
+        docs = embeddings.docs
+        config = build_config(settings, len(docs), docs.shape[1], embeddings.encoder_name, embeddings.encoder_revision)
+        train_rows, eval_rows = task.split_queries(settings.seed)
+        train_queries = training_queries(embeddings.queries, train_rows, docs, settings.seed)
+        train_name = "training queries" if len(train_rows) else "documents as pseudo-queries (every query is judged)"
+        signature = run_signature(task, embeddings, config, len(train_queries), state.num_processes)
+        if checkpoint is not None:
+            check_run_signature(checkpoint, signature)
+        training_args.output_dir = str(folder / CHECKPOINTS_DIR)
+        if state.is_main_process:
+            write_run_signature(folder, signature)
 
-    progress(f"Training faiss {config.index_factory_string} on {len(docs)} documents "
-             f"({config.bytes_per_vector:g} bytes/vector)")
-    model = DistillVQModel.from_embeddings(docs, config, seed=settings.seed)  # DDP broadcasts the main process's
-    baseline_name = f"faiss {config.index_factory_string}"
-    baseline_index = model.to_faiss(docs) if state.is_main_process else None
-
-    with staged_folder(settings.output_dir, state) as folder:
-        training_args.output_dir = str(folder / "checkpoints")
+        progress(f"Training faiss {config.index_factory_string} on {len(docs)} documents "
+                 f"({config.bytes_per_vector:g} bytes/vector)")
+        model = DistillVQModel.from_embeddings(docs, config, seed=settings.seed)  # DDP broadcasts the main process's
+        baseline_name = f"faiss {config.index_factory_string}"
+        baseline_index = model.to_faiss(docs) if state.is_main_process else None
         length = f"{training_args.max_steps} steps" if training_args.max_steps > 0 else \
             f"{training_args.num_train_epochs:g} epochs"
         progress(f"Distilling exact search into the index: {length} of {training_args.per_device_train_batch_size} "
                  f"x {state.num_processes} of {len(train_queries)} {train_name} ({training_args.loss} loss)")
         start = time.perf_counter()
-        trainer = distill(model, train_queries, docs, training_args,
-                          resume_argument(training_args.resume_from_checkpoint))
+        trainer = distill(model, train_queries, docs, training_args, checkpoint)
         training_seconds = time.perf_counter() - start
         if not state.is_main_process:
             return None
@@ -275,7 +339,7 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
             **evaluation_facts(task, indexes, embeddings, eval_rows, config),
             "num_train_queries": len(train_queries), "base_model": embeddings.encoder_name,
             "dataset_id": _hub_dataset_id(task.corpus_source), "index_factory": config.index_factory_string,
-            "num_lists": config.num_lists, "num_subvectors": config.num_subvectors,
+            "num_lists": config.num_lists, "quantizer": config.quantizer, "num_codes": config.num_codes,
             "bits_per_subvector": config.bits_per_subvector, "bytes_per_vector": _number(config.bytes_per_vector),
             "use_rotation": config.use_rotation, "nprobe": config.nprobe, "loss": training_args.loss,
             "num_teacher_candidates": training_args.num_teacher_candidates,
@@ -287,7 +351,8 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
         results["summary"] = headline[0].upper() + headline[1:] + "."
         progress(f"Writing {settings.output_dir}")
         table = write_output_folder(folder, model, indexes[DISTILLED], task, settings, results)
-        _remove_if_empty(folder / "checkpoints")
+        if not any(folder.glob(f"{CHECKPOINTS_DIR}/checkpoint-*")):  # save_strategy="no": only the signature
+            shutil.rmtree(folder / CHECKPOINTS_DIR, ignore_errors=True)
     return TrainRun(Path(settings.output_dir), results, headline, table)
 
 
@@ -295,40 +360,54 @@ def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
              progress: Callable[[str], None] = logger.info) -> str:
     """Evaluate an output folder's index against exact search on `settings`' data (default: the data it was trained
     with) and write the results to `results_dir`; return the results table."""
-    index, doc_ids, index_config = read_index_files(output_dir, settings.nprobe)
-    config = DistillVQConfig.from_pretrained(output_dir)
+    check_results_dir(results_dir)
+    config, index, doc_ids, index_config = read_output_folder(output_dir, settings.nprobe)
     if settings.corpus is None:  # the data the index was trained with
-        settings.corpus, settings.queries = index_config["corpus"], settings.queries or index_config["queries"]
-        settings.qrels = settings.qrels or index_config["qrels"]
-        settings.eval_split = settings.eval_split or index_config["eval_split"]
+        recorded = _recorded_data(index_config, Path(output_dir) / INDEX_CONFIG_FILE)
+        settings.corpus, settings.queries = recorded["corpus"], settings.queries or recorded["queries"]
+        settings.qrels = settings.qrels or recorded["qrels"]
+        settings.eval_split = settings.eval_split or recorded["eval_split"]
     progress(f"Loading {'the packaged default data' if settings.corpus is None else settings.corpus}")
     task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT)
     embeddings = embed_task(task, settings, config.encoder_name_or_path or DEFAULT_ENCODER_NAME,
                             revision=config.encoder_revision, progress=progress)
+    if embeddings.docs.shape[1] != config.embedding_dim:
+        raise DataError(f"The documents' embeddings are {embeddings.docs.shape[1]}-d but {output_dir} indexes "
+                        f"{config.embedding_dim}-d ones; pass embeddings of the encoder it was trained with.")
     if task.doc_ids != doc_ids:  # another corpus: index it with the trained quantizer
         model = DistillVQModel.from_pretrained(output_dir)
         index = model.to_faiss(embeddings.docs, settings.nprobe or index_config["nprobe"])
-    _, eval_rows = task.split_queries(index_config["seed"])
+    _, eval_rows = task.split_queries(index_config.get("seed", settings.seed))
     progress(f"Evaluating exact search and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
     results = evaluation_facts(task, {EXACT: flat_index(embeddings.docs, config.metric), DISTILLED: index},
                                embeddings, eval_rows, config)
     return write_results(results_dir, results)
 
 
-def resume_argument(value: str | None) -> str | bool | None:
-    """`--resume-from-checkpoint`: a checkpoint folder, or `true` / `last` for the newest one of this run."""
-    return True if value is not None and value.lower() in ("true", "last") else value
-
-
 def recorded_source(source: str | None) -> str | None:
     """A data source or model as recorded for later commands: local paths made absolute, Hub ids and None kept."""
-    if source is None or not Path(source).expanduser().exists():
+    if source is None or _is_hub_source(source):
         return source
     return str(Path(source).expanduser().resolve())
 
 
+def _is_hub_source(source: str) -> bool:
+    """Whether a data source names a Hub dataset (`owner/name[:config]`) rather than a local path."""
+    return is_hub_id(source.partition(":")[0])
+
+
 def _hub_dataset_id(source: str | None) -> str | None:
-    return None if source is None or Path(source).expanduser().exists() else source.partition(":")[0]
+    return source.partition(":")[0] if source is not None and _is_hub_source(source) else None
+
+
+def _recorded_data(index_config: dict, path: Path) -> dict:
+    """The data sources an index was trained with, as `index_config.json` records them."""
+    recorded = {key: index_config.get(key) for key in ("corpus", "queries", "qrels", "eval_split")}
+    wrong = [key for key, value in recorded.items() if value is not None and not isinstance(value, str)]
+    if "corpus" not in index_config or wrong:
+        raise DataError(f"{path} does not record {'the corpus' if not wrong else ', '.join(wrong)} of the training "
+                        "as a path or Hub id; pass --corpus (with --queries / --qrels) to evaluate on given data.")
+    return recorded
 
 
 def _number(value: float) -> int | float:
@@ -336,13 +415,8 @@ def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-def _remove_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-
-
 __all__ = [
     "DEFAULT_CACHE_DIR", "DEFAULT_OUTPUT_DIR", "TaskEmbeddings", "TrainRun", "TrainSettings", "auto_num_lists",
-    "build_config", "distill", "embed_task", "evaluate", "evaluation_facts", "gain_summary", "train",
-    "training_queries", "write_output_folder",
+    "build_config", "check_settings", "distill", "embed_task", "evaluate", "evaluation_facts", "gain_summary",
+    "resume_checkpoint", "run_signature", "train", "training_queries", "write_output_folder",
 ]

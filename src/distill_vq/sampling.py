@@ -120,14 +120,14 @@ def rms_learning_rate(weight: torch.Tensor, relative_learning_rate: float) -> fl
 def learning_rates(model, pq_learning_rate: float | None = None, ivf_learning_rate: float | None = None,
                    pq_relative_learning_rate: float = 1e-2, ivf_relative_learning_rate: float = 6e-4,
                    query_encoder_learning_rate: float = 5e-6) -> dict[str, float]:
-    """Learning rate of each weight group of a `DistillVQModel` (`pq_codebooks`, `ivf_centroids`, `query_encoder`):
+    """Learning rate of each weight group of a `DistillVQModel` (`codebooks`, `ivf_centroids`, `query_encoder`):
     the one given, or for the codebooks and the centroids a relative rate times the weight's RMS (the paper's
     absolute rates, 1e-4 and 1e-3, were set for embeddings whose scores span tens of units)."""
     if pq_learning_rate is None:
-        pq_learning_rate = rms_learning_rate(model.pq_codebooks, pq_relative_learning_rate)
+        pq_learning_rate = rms_learning_rate(model.codebooks, pq_relative_learning_rate)
     if ivf_learning_rate is None:
         ivf_learning_rate = rms_learning_rate(model.ivf_centroids, ivf_relative_learning_rate)
-    return {"pq_codebooks": pq_learning_rate, "ivf_centroids": ivf_learning_rate,
+    return {"codebooks": pq_learning_rate, "ivf_centroids": ivf_learning_rate,
             "query_encoder": query_encoder_learning_rate}
 
 

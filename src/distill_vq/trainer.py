@@ -68,6 +68,10 @@ class DistillVQTrainingArguments(TrainingArguments):
     pq_relative_learning_rate: float = field(default=1e-2, metadata={"help": "See pq_learning_rate."})
     ivf_relative_learning_rate: float = field(default=6e-4, metadata={"help": "See ivf_learning_rate."})
     query_encoder_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the query encoder."})
+    code_refresh_steps: int = field(
+        default=50, metadata={"help": "RQ: the documents' codes (faiss's beam search, too slow for every step) are "
+                                      "held fixed and re-encoded with the current codebooks every this many steps."}
+    )
     num_teacher_candidates: int = field(default=200, metadata={"help": "Teacher top-K documents per query."})
     num_random_candidates: int = field(default=0, metadata={"help": "Random documents per query."})
     in_batch_candidates: bool = field(
@@ -91,6 +95,9 @@ class DistillVQTrainingArguments(TrainingArguments):
             raise ValueError(f"Every loss weight is 0, so nothing would train; set one of {', '.join(weights)}.")
         if self.loss not in SCORE_LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {sorted(SCORE_LOSSES)}.")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"num_train_epochs={self.num_train_epochs:g} with max_steps={self.max_steps} would train "
+                             "nothing; set num_train_epochs > 0, or max_steps > 0.")
         if self.num_teacher_candidates + self.num_random_candidates < 2:
             raise ValueError("Ranking needs at least 2 candidates per query; raise num_teacher_candidates.")
 
@@ -144,6 +151,37 @@ class DistillVQCollator:
             batch.update(doc_input_ids=tokens["input_ids"], doc_attention_mask=tokens["attention_mask"],
                          matched_doc_embeddings=self.rows(first_rows))
         return batch
+
+
+class CodeCache(TrainerCallback):
+    """The documents' IVF lists and codes, encoded with the current weights at the start of training and every
+    `refresh_steps` steps after: for code families whose encoding is a search (RQ's beam search), which training
+    holds fixed between refreshes while the gradient moves the selected codewords.
+
+    Args:
+        doc_embeddings: `(num_docs, dim)` teacher document embeddings.
+        refresh_steps: steps between two encodings.
+    """
+
+    def __init__(self, doc_embeddings, refresh_steps: int):
+        self.doc_embeddings = doc_embeddings
+        self.refresh_steps = refresh_steps
+        self.list_ids = self.codes = None
+
+    def refresh(self, model) -> None:
+        seconds = time.perf_counter()
+        self.list_ids, self.codes = model.quantize(self.doc_embeddings)
+        logger.info(f"Encoded {len(self.codes)} documents with the current codebooks in "
+                    f"{time.perf_counter() - seconds:.1f} s.")
+
+    def lookup(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(U,)` document rows -> their `(list_ids (U,), codes (U, num_codes))`."""
+        rows = rows.to(self.codes.device)
+        return self.list_ids[rows], self.codes[rows]
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.codes is None or (state.global_step > 0 and state.global_step % self.refresh_steps == 0):
+            self.refresh(model)
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -203,6 +241,10 @@ class DistillVQTrainer(Trainer):
             raise TypeError(f"loss must be a DistillVQLoss; got {type(loss).__name__}. Wrap your score loss: "
                             "DistillVQLoss(model, score_loss=...).")
         self.loss = loss if loss is not None else self.build_loss(model, train_dataset)
+        self.code_cache = None
+        if model.code_family.name == "rq":
+            self.code_cache = CodeCache(self.doc_embeddings, args.code_refresh_steps)
+            self.add_callback(self.code_cache)
         self._loss_terms = defaultdict(list)
         card_callback = DistillVQModelCardCallback()  # fills model.model_card_data, written to README.md on save
         self.add_callback(card_callback)
@@ -277,7 +319,7 @@ class DistillVQTrainer(Trainer):
             query_encoder_learning_rate=args.query_encoder_learning_rate,
         )
         rates = {name: rate if name in self.loss.trained_weights else 0.0 for name, rate in rates.items()}
-        weights = {"pq_codebooks": [model.pq_codebooks], "ivf_centroids": [model.ivf_centroids],
+        weights = {"codebooks": [model.codebooks], "ivf_centroids": [model.ivf_centroids],
                    "query_encoder": [p for n, p in model.named_parameters() if n.startswith("query_")]}
         groups = []
         for name, params in weights.items():
@@ -294,7 +336,9 @@ class DistillVQTrainer(Trainer):
         `log`, and return their sum."""
         doc_ids = inputs.pop("doc_ids", None)
         if doc_ids is not None and self.accelerator.num_processes > 1:
-            inputs["doc_embeddings"], inputs["labels"] = self.share_candidates(doc_ids, inputs["labels"])
+            inputs["doc_embeddings"], inputs["labels"], doc_ids = self.share_candidates(doc_ids, inputs["labels"])
+        if self.code_cache is not None and doc_ids is not None:
+            inputs["doc_list_ids"], inputs["doc_codes"] = self.code_cache.lookup(doc_ids)
         if self.loss.model is not model:  # the DDP wrapper, so that its forward synchronises the gradients
             self.loss.model = model
         terms, outputs = self.loss(inputs, return_outputs=True)
@@ -310,17 +354,19 @@ class DistillVQTrainer(Trainer):
         if self.is_world_process_zero():
             self.model.model_card_data.save(self.args.output_dir, self.model.config, model_id=self.hub_model_id)
 
-    def share_candidates(self, doc_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def share_candidates(self, doc_ids: torch.Tensor, labels: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-process in-batch negatives: every process scores its queries against the union of all processes'
         candidates. Only document rows travel (the documents are the teacher's constants, so no gradient needs
         to cross processes); each process reads the embeddings itself.
 
-        Returns the union's embeddings `(U_all, dim)` and `labels (B,)` re-pointed at the union's columns.
+        Returns the union's embeddings `(U_all, dim)`, `labels (B,)` re-pointed at the union's columns, and the
+        union's rows `(U_all,)`.
         """
         everyone = self.accelerator.gather(self.accelerator.pad_across_processes(doc_ids, pad_index=-1))
         union = torch.unique(everyone[everyone >= 0])
         labels = torch.where(labels >= 0, torch.searchsorted(union, doc_ids[labels.clamp_min(0)]), labels)
-        return self.data_collator.rows(union.cpu().numpy()).to(doc_ids.device), labels
+        return self.data_collator.rows(union.cpu().numpy()).to(doc_ids.device), labels, union
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Add the mean of each loss term since the last log, and the ranking temperature."""
@@ -332,4 +378,4 @@ class DistillVQTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-__all__ = ["DistillVQCollator", "DistillVQTrainer", "DistillVQTrainingArguments", "TimeBudgetCallback"]
+__all__ = ["CodeCache", "DistillVQCollator", "DistillVQTrainer", "DistillVQTrainingArguments", "TimeBudgetCallback"]
