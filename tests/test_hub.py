@@ -133,8 +133,9 @@ def test_pushed_folder_card_names_the_repository(local_hub, model, random_embedd
     assert 'DistillVQModel.from_pretrained("org/folder")' in ModelCard.load("org/folder").text
     assert str(tmp_path) not in ModelCard.load("org/folder").text
     index, doc_ids, index_config = load_index("org/folder", nprobe=5)
-    assert (index.ntotal, len(doc_ids), index_config, faiss.extract_index_ivf(index).nprobe) == (
-        2000, 2000, {"nprobe": 3}, 5)
+    assert (index.ntotal, len(doc_ids), index_config["nprobe"], faiss.extract_index_ivf(index).nprobe) == (
+        2000, 2000, 3, 5)
+    assert set(index_config["sha256"]) == {"index.faiss", "doc_ids.json"}  # verified on every load
     assert faiss.extract_index_ivf(load_index(tmp_path / "out")[0]).nprobe == 3  # a folder, at its stored nprobe
 
 

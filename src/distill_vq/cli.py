@@ -280,6 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         message = hub_error_message(error)
         if message is None and not isinstance(error, (ValueError, OSError)):  # not a user error: a bug to report
             raise
-        print(f"distill-vq: error: {' '.join((message or str(error)).split())}", file=sys.stderr)
+        print(f"distill-vq: error: {printable(' '.join((message or str(error)).split()))}", file=sys.stderr)
         return 2
     return 0

@@ -475,7 +475,7 @@ def _read_ivf_index(path: Path) -> faiss.Index:
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as error:  # faiss's C++ errors: cut off, empty, not a faiss file
-        reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", str(error).strip())
+        reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", str(error).strip())
         raise DataError(f"{path} is not a readable faiss index ({reason}); {REWRITE}.") from error
     try:
         faiss.extract_index_ivf(index)
@@ -487,8 +487,8 @@ def _read_ivf_index(path: Path) -> faiss.Index:
 
 __all__ = [
     "CHART_FILE", "CHECKPOINTS_DIR", "DOC_IDS_FILE", "INDEX_CONFIG_FILE", "INDEX_FILE", "OWNED_NAMES", "RESULTS_FILE",
-    "RESULTS_MARKDOWN_FILE", "RUN_SIGNATURE_FILE", "TRAINER_STATE_FILE", "check_results_dir", "check_run_signature", "check_writable",
-    "is_output_folder", "last_checkpoint", "output_folder_lock", "plot_results", "read_config", "read_index_files",
-    "read_output_folder", "recover_interrupted_swap", "staged_folder", "write_index_files", "write_results",
-    "write_run_signature",
+    "RESULTS_MARKDOWN_FILE", "RUN_SIGNATURE_FILE", "TRAINER_STATE_FILE", "check_results_dir", "check_run_signature",
+    "check_writable", "is_output_folder", "last_checkpoint", "output_folder_lock", "plot_results", "read_config",
+    "read_index_files", "read_output_folder", "recover_interrupted_swap", "staged_folder", "write_index_files",
+    "write_results", "write_run_signature",
 ]

@@ -377,7 +377,10 @@ def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
     if task.doc_ids != doc_ids:  # another corpus: index it with the trained quantizer
         model = DistillVQModel.from_pretrained(output_dir)
         index = model.to_faiss(embeddings.docs, settings.nprobe or index_config["nprobe"])
-    _, eval_rows = task.split_queries(index_config.get("seed", settings.seed))
+    seed = index_config.get("seed", settings.seed)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise DataError(f"{Path(output_dir) / INDEX_CONFIG_FILE}: seed={seed!r} is not an integer; restore the file.")
+    _, eval_rows = task.split_queries(seed)
     progress(f"Evaluating exact search and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
     results = evaluation_facts(task, {EXACT: flat_index(embeddings.docs, config.metric), DISTILLED: index},
                                embeddings, eval_rows, config)
