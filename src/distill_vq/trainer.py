@@ -53,6 +53,11 @@ class DistillVQTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Softmax temperature of the ranking loss; default: the mean spread (std) "
                                         "of the teacher's scores over each query's top candidates."}
     )
+    ranking_temperature_scale: float = field(
+        default=1.0, metadata={"help": "Multiplies the derived ranking temperature (when ranking_temperature is "
+                                       "None); below 1 sharpens the teacher's target towards its top documents, "
+                                       "which favours MRR (0.25 lifted RQ's MRR@10 most on the Debian set)."}
+    )
     codeword_temperature: float | None = field(
         default=None, metadata={"help": "Soft codeword-assignment temperature; default: the batch's mean gap "
                                         "between the nearest and second-nearest codeword distance."}
@@ -98,6 +103,8 @@ class DistillVQTrainingArguments(TrainingArguments):
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError(f"num_train_epochs={self.num_train_epochs:g} with max_steps={self.max_steps} would train "
                              "nothing; set num_train_epochs > 0, or max_steps > 0.")
+        if self.ranking_temperature_scale <= 0:
+            raise ValueError(f"ranking_temperature_scale={self.ranking_temperature_scale} must be positive.")
         if self.num_teacher_candidates + self.num_random_candidates < 2:
             raise ValueError("Ranking needs at least 2 candidates per query; raise num_teacher_candidates.")
 
@@ -253,7 +260,7 @@ class DistillVQTrainer(Trainer):
     def build_loss(self, model, train_dataset) -> DistillVQLoss:
         """The `DistillVQLoss` that `args` describe, at `args.ranking_temperature` or the teacher's score spread."""
         args = self.args
-        temperature = args.ranking_temperature or teacher_score_spread(
+        temperature = args.ranking_temperature or args.ranking_temperature_scale * teacher_score_spread(
             train_dataset, self.doc_embeddings, model.config.metric, args.num_teacher_candidates or None)
         return DistillVQLoss(
             model, build_score_loss(args.loss, temperature), pq_weight=args.pq_loss_weight,
