@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 
 from .evaluation import format_markdown_table
 from .io_utils import is_hub_id, write_text
+from .losses import DISTILL_VQ_CITATION, EMBED_DISTILL_CITATION
 
 logger = logging.getLogger(__name__)
 
@@ -54,24 +55,7 @@ IGNORED_ARGUMENTS = {
 }
 # Logged values that are not loss terms (the ranking temperature is a fact of its own, not a column).
 LOG_KEYS_LEFT_OUT = {"loss", "epoch", "learning_rate", "grad_norm", "ranking_temperature"}
-LIBRARY_CITATIONS = """\
-@inproceedings{xiao2022distillvq,
-  title     = {Distill-VQ: Learning Retrieval Oriented Vector Quantization By Distilling Knowledge from Dense Embeddings},
-  author    = {Xiao, Shitao and Liu, Zheng and Han, Weihao and Zhang, Jianjin and Lian, Defu and Gong, Yeyun and
-               Chen, Qi and Yang, Fan and Sun, Hao and Shao, Yingxia and Xie, Xing},
-  booktitle = {Proceedings of the 45th International ACM SIGIR Conference on Research and Development in Information Retrieval},
-  year      = {2022},
-  eprint    = {2204.00185},
-  archivePrefix = {arXiv}
-}
-
-@article{kim2023embeddistill,
-  title   = {EmbedDistill: A Geometric Knowledge Distillation for Information Retrieval},
-  author  = {Kim, Seungyeon and Rawat, Ankit Singh and Zaheer, Manzil and Jayasumana, Sadeep and
-             Sadhanala, Veeranjaneyulu and Jitkrittum, Wittawat and Menon, Aditya Krishna and Fergus, Rob and Kumar, Sanjiv},
-  journal = {arXiv preprint arXiv:2301.12005},
-  year    = {2023}
-}"""
+LIBRARY_CITATIONS = f"{DISTILL_VQ_CITATION.strip()}\n\n{EMBED_DISTILL_CITATION.strip()}"
 
 
 def get_versions() -> dict[str, str]:
