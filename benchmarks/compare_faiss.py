@@ -1,150 +1,323 @@
-"""distill-vq vs faiss's own training at the same bytes per vector, side by side in one run.
+"""distill-vq against every faiss code family at the same bytes per vector, on one or more BEIR corpora.
 
-    python benchmarks/compare_faiss.py ../shared/data/debian-descriptions --bytes 16 48
+    OMP_NUM_THREADS=1 python benchmarks/compare_faiss.py --corpora ../shared/data/debian-descriptions \
+        benchmarks/data/gcide-wordnet --bytes 16 48 --output-dir benchmarks/results/all_families
 
-For each size: exact search, faiss `IVF{n},PQ{m}`, faiss `OPQ{m},IVF{n},PQ{m}` and distill-vq initialised from
-that same OPQ index and trained on the train queries (never the test queries). Reports recall@10/@100 against
-exact search, MRR@10 / Recall@10 / Recall@100 against the test qrels, training time, search QPS, index size and
-peak memory; writes `results.json`, `results.md` and `recall.png` to `--output-dir`.
+At each size: exact search, faiss IVF-PQ, OPQ-IVF-PQ, 4-bit fast-scan PQ, RQ, LSQ and PRQ, and distill-vq from the
+OPQ and from the RQ index, with the same lists, nprobe and threads; every faiss family trains on the same sample
+of documents. Recall against exact search and against the test qrels, training seconds, QPS, index size; writes
+`results.json`, `results.md` (after every row) and `recall_vs_qps.png`. benchmarks/README.md says what is held
+equal and how to read the rows. Flags it does not know go to `DistillVQTrainingArguments` (e.g. `--loss kl`).
 """
+
+from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
-from datasets import Dataset
+import torch
+from transformers import HfArgumentParser
 
-from distill_vq import DistillVQConfig, DistillVQModel
+from distill_vq import DistillVQModel
 from distill_vq.data import load_qrels
-from distill_vq.evaluation import evaluate_index, format_markdown_table, peak_memory_mb
-from distill_vq.faiss_bridge import train_faiss_index
-from distill_vq.sampling import exact_search
+from distill_vq.evaluation import evaluate_index, format_markdown_table, measure_qps
 from distill_vq.io_utils import atomic_path, write_json, write_text
-from distill_vq.trainer import DistillVQTrainer, DistillVQTrainingArguments
+from distill_vq.pipeline import auto_num_lists, distill
+from distill_vq.sampling import exact_search
+from distill_vq.trainer import DistillVQTrainingArguments
 
 COLUMNS = ["method", "bytes", "recall_vs_exact@10", "recall_vs_exact@100", "mrr@10", "recall@10", "recall@100",
            "train_seconds", "qps", "index_mb"]
+QPS_K = 10  # results per query when timing search
+# faiss rows: method -> index_factory string at m bytes per vector over `nlist` lists. `np`: no polysemous
+# training, which only reorders PQ codes for Hamming filtering (unused here) and costs minutes.
+FAISS_METHODS = {
+    "ivf-pq": "IVF{nlist},PQ{m}x8np",
+    "opq-ivf-pq": "OPQ{m},IVF{nlist},PQ{m}x8np",
+    "ivf-pq-fastscan": "IVF{nlist},PQ{m2}x4fs",
+    "ivf-rq": "IVF{nlist},RQ{m}x8_Nnone",
+    "ivf-lsq": "IVF{nlist},LSQ{m}x8_Nnone",
+    "ivf-prq": "IVF{nlist},PRQ{half}x2x8_Nnone",
+}
+DISTILL_METHODS = {"distill-pq": "opq-ivf-pq", "distill-rq": "ivf-rq"}  # distill-vq row -> the faiss row it starts from
+METHODS = ["exact", *FAISS_METHODS, *DISTILL_METHODS]
+SEARCH_TYPES = ("ST_LUT_nonorm", "ST_decompress")  # the exact search types of additive codes without norms
+SEARCH_TYPE_TRIAL = 200  # queries that pick an additive index's faster search type
 
 
-def load_benchmark_data(folder: Path, embeddings: str):
-    """Precomputed embeddings of the BEIR folder, the test queries with their qrels, and the train queries."""
+@dataclass
+class Corpus:
+    """A BEIR folder's embeddings: `docs (N, dim)`, `train_queries (T, dim)`, `test_queries (Q, dim)` with their
+    qrels (one dict per query) and exact search's `exact_ids (Q, 100)`."""
+
+    name: str
+    docs: np.ndarray
+    doc_ids: list[str]
+    train_queries: np.ndarray
+    test_queries: np.ndarray
+    test_qrels: list[dict[str, int]]
+    exact_ids: np.ndarray
+
+
+def load_corpus(folder: Path, embeddings: str, max_docs: int | None) -> Corpus:
+    """The float32 document and query embeddings of a BEIR folder (the first `max_docs` documents), the train
+    qrels' queries, and the test queries with a relevant document among those documents, with their qrels."""
     embedding_folder = folder / "embeddings" / embeddings
-    doc_ids = json.loads((embedding_folder / "doc_ids.json").read_text())
+    doc_ids = json.loads((embedding_folder / "doc_ids.json").read_text())[:max_docs]
     query_ids = json.loads((embedding_folder / "query_ids.json").read_text())
-    docs = np.load(embedding_folder / "docs.npy", mmap_mode="r").astype(np.float32)
-    queries = np.load(embedding_folder / "queries.npy", mmap_mode="r").astype(np.float32)
-    row_of = {query_id: row for row, query_id in enumerate(query_ids)}
-    test_qrels = load_qrels(folder / "qrels" / "test.tsv")
-    test_rows = np.array(sorted(row_of[query_id] for query_id in test_qrels))
-    held_out = set(test_qrels) | set(load_qrels(folder / "qrels" / "dev.tsv"))
-    train_rows = np.array([row for row, query_id in enumerate(query_ids) if query_id not in held_out])
-    test_relevance = [test_qrels[query_ids[row]] for row in test_rows]
-    return docs, doc_ids, queries[train_rows], queries[test_rows], test_relevance
-
-
-def index_megabytes(index) -> float:
-    return faiss.serialize_index(index).nbytes / 2**20
-
-
-def distill(model, docs, train_queries, args, output_dir: Path) -> tuple[float, int]:
-    """Train `model` in place; return the seconds it took (mining included) and the steps it made."""
-    training_args = DistillVQTrainingArguments(
-        output_dir=str(output_dir / "checkpoints"), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        logging_steps=50, save_strategy="no", report_to=[], use_cpu=True, seed=0, lr_scheduler_type="constant",
-        num_teacher_candidates=args.num_teacher_candidates, ivf_loss_weight=args.ivf_loss_weight,
-        ivf_learning_rate=args.ivf_learning_rate, dataloader_drop_last=True, max_train_seconds=args.max_train_seconds,
+    docs = np.load(embedding_folder / "docs.npy", mmap_mode="r")[: len(doc_ids)].astype(np.float32)
+    queries = np.load(embedding_folder / "queries.npy", mmap_mode="r")
+    kept_docs = set(doc_ids)
+    test_qrels = {query_id: judged for query_id, judged in load_qrels(folder / "qrels" / "test.tsv").items()
+                  if any(score > 0 and doc_id in kept_docs for doc_id, score in judged.items())}
+    train_ids = load_qrels(folder / "qrels" / "train.tsv").keys()
+    test_rows = [row for row, query_id in enumerate(query_ids) if query_id in test_qrels]
+    train_rows = [row for row, query_id in enumerate(query_ids) if query_id in train_ids]
+    test_queries = queries[test_rows].astype(np.float32)
+    return Corpus(
+        name=folder.name, docs=docs, doc_ids=doc_ids, train_queries=queries[train_rows].astype(np.float32),
+        test_queries=test_queries, test_qrels=[test_qrels[query_ids[row]] for row in test_rows],
+        exact_ids=exact_search(test_queries, docs, 100)[1],
     )
-    used = min(len(train_queries), args.max_steps * args.batch_size)  # mine only the queries training will see
-    train_queries = train_queries[np.random.default_rng(0).choice(len(train_queries), used, replace=False)]
+
+
+def factory_strings(num_bytes: int, num_lists: int) -> dict[str, str]:
+    """Each faiss method's index_factory string at `num_bytes` bytes per vector."""
+    return {method: pattern.format(nlist=num_lists, m=num_bytes, m2=2 * num_bytes, half=num_bytes // 2)
+            for method, pattern in FAISS_METHODS.items()}
+
+
+def check_sizes(sizes: list[int], dim: int, num_lists: int, nprobe: int) -> None:
+    """Refuse, before any training, a size some family cannot build at `dim` dimensions, or nprobe above the lists."""
+    if nprobe > num_lists:
+        raise ValueError(f"--nprobe {nprobe} is more than the {num_lists} lists; lower --nprobe or raise --num-lists.")
+    for num_bytes in sizes:
+        if num_bytes % 2:
+            raise ValueError(f"--bytes {num_bytes} is odd, but PRQ splits it in pairs of codebooks; use an even size.")
+        for method, factory in factory_strings(num_bytes, num_lists).items():
+            try:
+                faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError as error:
+                raise ValueError(f"--bytes {num_bytes}: faiss cannot build {factory} ({method}) for {dim}-d vectors "
+                                 f"({str(error).splitlines()[0]}); use an even size whose double divides {dim}, "
+                                 "such as 16 or 48.") from None
+
+
+def train_faiss(factory: str, docs: np.ndarray, train_rows: np.ndarray) -> tuple[faiss.Index, float, float]:
+    """A faiss index trained on `docs[train_rows]` holding every document; with its training and adding seconds."""
+    index = faiss.index_factory(docs.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     start = time.perf_counter()
-    trainer = DistillVQTrainer(model, training_args, Dataset.from_dict({"query_embedding": train_queries}), docs)
-    trainer.train()
-    return time.perf_counter() - start, trainer.state.global_step
+    index.train(docs[train_rows])
+    trained = time.perf_counter()
+    index.add(docs)
+    return index, trained - start, time.perf_counter() - trained
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="BEIR folder with embeddings/<name>/{docs,queries}.npy")
-    parser.add_argument("--embeddings", default="all-MiniLM-L6-v2")
-    parser.add_argument("--bytes", type=int, nargs="+", default=[16, 48])
-    parser.add_argument("--num-lists", type=int, default=1024)
-    parser.add_argument("--nprobe", type=int, default=32)
-    parser.add_argument("--max-steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-teacher-candidates", type=int, default=200)
-    parser.add_argument("--ivf-loss-weight", type=float, default=0.5)
-    parser.add_argument("--ivf-learning-rate", type=float, default=None)
-    parser.add_argument("--max-train-seconds", type=float, help="time budget of each distillation (stops early)")
-    parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--save-models", action="store_true", help="save each trained model to OUTPUT/models/")
-    args = parser.parse_args()
+def fastest_search(index: faiss.Index, queries: np.ndarray) -> dict:
+    """QPS of `index` (best of 3). Additive codes first try each exact search type once on `SEARCH_TYPE_TRIAL`
+    queries and keep the faster set."""
+    ivf = faiss.try_extract_index_ivf(index)
+    aq = getattr(faiss.downcast_index(ivf), "aq", None) if ivf is not None else None
+    if aq is None:
+        return {"qps": measure_qps(index, queries, QPS_K)}
+    trials = {}
+    for name in SEARCH_TYPES:
+        aq.search_type = getattr(faiss.AdditiveQuantizer, name)
+        trials[f"trial_qps_{name}"] = measure_qps(index, queries[:SEARCH_TYPE_TRIAL], QPS_K, repeats=1)
+    best = max(SEARCH_TYPES, key=lambda name: trials[f"trial_qps_{name}"])
+    aq.search_type = getattr(faiss.AdditiveQuantizer, best)
+    return {"qps": measure_qps(index, queries, QPS_K), "search_type": best, **trials}
 
-    docs, doc_ids, train_queries, test_queries, test_relevance = load_benchmark_data(args.folder, args.embeddings)
-    print(f"{len(docs)} documents, {len(train_queries)} train queries, {len(test_queries)} test queries")
-    exact = faiss.IndexFlatIP(docs.shape[1])
-    exact.add(docs)
-    exact_ids = exact_search(test_queries, docs, 100)[1]
-    rows = [{"method": "exact (IndexFlatIP)", "bytes": docs.shape[1] * 4, "train_seconds": 0.0,
-             "index_mb": index_megabytes(exact), **evaluate_index(exact, test_queries, doc_ids, test_relevance, exact_ids)}]
 
-    def report(method, num_bytes, index, seconds):
-        faiss.extract_index_ivf(index).nprobe = args.nprobe
-        metrics = evaluate_index(index, test_queries, doc_ids, test_relevance, exact_ids)
-        rows.append({"method": method, "bytes": num_bytes, "train_seconds": seconds, "index_mb": index_megabytes(index),
-                     **metrics})
-        print(format_markdown_table(rows[-1:], COLUMNS), flush=True)
+def measure(index: faiss.Index, corpus: Corpus, args) -> dict:
+    """Search speed, then the quality of the same searches, at `args.nprobe`."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = args.nprobe
+    timing = fastest_search(index, corpus.test_queries[: args.qps_queries])
+    metrics = evaluate_index(index, corpus.test_queries, corpus.doc_ids, corpus.test_qrels, corpus.exact_ids)
+    return {**metrics, **timing, "index_mb": faiss.serialize_index(index).nbytes / 2**20}
 
+
+def distill_from(index: faiss.Index, corpus: Corpus, training_args) -> tuple[DistillVQModel, float, int]:
+    """distill-vq initialised from a trained faiss index and distilled on the train queries (as many as training
+    will see, drawn at random, so that only those are mined); with its seconds and steps."""
+    model = DistillVQModel.from_faiss(index)
+    used = min(len(corpus.train_queries), training_args.max_steps * training_args.per_device_train_batch_size)
+    rows = np.sort(np.random.default_rng(training_args.seed).choice(len(corpus.train_queries), used, replace=False))
+    start = time.perf_counter()
+    trainer = distill(model, corpus.train_queries[rows], corpus.docs, training_args)
+    return model, time.perf_counter() - start, trainer.state.global_step
+
+
+def benchmark_corpus(corpus: Corpus, args, training_args, entry: dict, save) -> None:
+    """Every row of `args.methods` at each size of `args.bytes`, appended to `entry["rows"]`; `save()` after each."""
+    num_lists = args.num_lists or auto_num_lists(len(corpus.docs))
+    sample = min(args.max_train_docs, len(corpus.docs))
+    train_rows = np.sort(np.random.default_rng(0).choice(len(corpus.docs), sample, replace=False))
+    entry.update(num_docs=len(corpus.docs), num_train_queries=len(corpus.train_queries),
+                 num_test_queries=len(corpus.test_queries), num_lists=num_lists, faiss_train_docs=sample, rows=[])
+
+    def add(row: dict) -> None:
+        entry["rows"].append(row)
+        timings = ", ".join(f"{key} {row[key]:.1f}" for key in ("train_seconds", "add_seconds", "distill_seconds")
+                            if key in row)
+        print(f"{format_markdown_table([row], COLUMNS).splitlines()[-1]}  ({timings})", flush=True)
+        save()
+
+    if "exact" in args.methods:
+        print(f"[{corpus.name}] exact search", flush=True)
+        exact = faiss.IndexFlatIP(corpus.docs.shape[1])
+        exact.add(corpus.docs)
+        add({"method": "exact (IndexFlatIP)", "family": "exact", "bytes": 4 * corpus.docs.shape[1],
+             "train_seconds": 0.0, **measure(exact, corpus, args)})
+    needed = {DISTILL_METHODS.get(method, method) for method in args.methods}
     for num_bytes in args.bytes:
-        for use_rotation in (False, True):
-            config = DistillVQConfig(embedding_dim=docs.shape[1], num_lists=args.num_lists,
-                                     num_subvectors=num_bytes, use_rotation=use_rotation)
-            start = time.perf_counter()
-            index = train_faiss_index(docs, config)
-            faiss_seconds = time.perf_counter() - start
-            index.add(docs)
-            report(f"faiss {config.index_factory_string}", num_bytes, index, faiss_seconds)
-        model = DistillVQModel.from_faiss(index)
-        distill_seconds, steps = distill(model, docs, train_queries, args, args.output_dir)
-        report(f"distill-vq (from {config.index_factory_string})", num_bytes, model.to_faiss(docs),
-               faiss_seconds + distill_seconds)
-        rows[-1].update(distill_seconds=distill_seconds, distill_steps=steps)
-        if args.save_models:
-            model.save_pretrained(args.output_dir / "models" / f"distill-vq-{num_bytes}B")
+        factories = factory_strings(num_bytes, num_lists)
+        indexes, seconds = {}, {}
+        for method, factory in factories.items():
+            if method not in needed:
+                continue
+            print(f"[{corpus.name}] faiss {factory}: training on {sample} documents", flush=True)
+            indexes[method], seconds[method], add_seconds = train_faiss(factory, corpus.docs, train_rows)
+            if method in args.methods:
+                add({"method": f"faiss {factory}", "family": method, "bytes": num_bytes,
+                     "train_seconds": seconds[method], "add_seconds": add_seconds,
+                     **measure(indexes[method], corpus, args)})
+        for method, source in DISTILL_METHODS.items():
+            if method not in args.methods:
+                continue
+            print(f"[{corpus.name}] distill-vq from {factories[source]}: distilling", flush=True)
+            model, distill_seconds, steps = distill_from(indexes[source], corpus, training_args)
+            add({"method": f"distill-vq (from {factories[source]})", "family": method, "bytes": num_bytes,
+                 "train_seconds": seconds[source] + distill_seconds, "distill_seconds": distill_seconds,
+                 "distill_steps": steps, **measure(model.to_faiss(corpus.docs), corpus, args)})
+            if args.save_models:
+                model.save_pretrained(args.output_dir / "models" / corpus.name / f"{method}-{num_bytes}B")
 
-    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    results = {"settings": settings, "peak_memory_mb": peak_memory_mb(), "rows": rows}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor())
+
+
+def machine_facts() -> dict:
+    """Cores, processor, load average (other jobs running distort timings) and library versions."""
+    return {"cpu_count": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
+            "load_average_start": os.getloadavg(), "faiss": faiss.__version__, "torch": torch.__version__,
+            "numpy": np.__version__}
+
+
+def write_results(results: dict, args) -> None:
+    """results.json and results.md (one table per corpus), each written atomically."""
+    results["machine"]["load_average_end"] = os.getloadavg()
     write_json(args.output_dir / "results.json", results)
-    table = format_markdown_table(rows, COLUMNS)
-    write_text(args.output_dir / "results.md", f"{table}\n\nPeak memory: {results['peak_memory_mb']:.0f} MB. "
-               f"num_lists={args.num_lists}, nprobe={args.nprobe}, {args.max_steps} steps x {args.batch_size} queries, "
-               f"time budget {args.max_train_seconds} s.\n")
-    plot(rows, args.output_dir / "recall.png")
-    print(table)
+    training, machine = results["settings"]["training_arguments"], results["machine"]
+    header = (
+        f"nprobe {args.nprobe}, {args.threads} thread(s); QPS: top-{QPS_K} search of {args.qps_queries or 'all'} "
+        f"test queries, best of 3. Every faiss family trains on the same {args.max_train_docs} random documents at "
+        f"most, then indexes all of them; distill-vq distils against all of them, {training['max_steps']} steps x "
+        f"{training['per_device_train_batch_size']} train queries, max_train_seconds {training['max_train_seconds']}. "
+        f"Load average at start / end: {machine['load_average_start'][0]:.1f} / "
+        f"{machine['load_average_end'][0]:.1f} on {machine['cpu_count']} cores."
+    )
+    sections = [header]
+    for name, corpus in results["corpora"].items():
+        facts = {key: value for key, value in corpus.items() if key != "rows"}
+        sections.append(f"## {name}\n\n{', '.join(f'{key} {value}' for key, value in facts.items())}\n\n"
+                        f"{format_markdown_table(corpus['rows'], COLUMNS)}")
+    write_text(args.output_dir / "results.md", "\n\n".join(sections) + "\n")
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Bar chart of recall@10 vs exact and MRR@10 per method and size."""
+def plot_recall_vs_qps(results: dict, path: Path) -> None:
+    """Recall@10 vs exact against QPS (log axis), one marker per method, one panel per corpus and size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{row['method']}\n{row['bytes']} B" for row in rows]
-    positions = np.arange(len(rows))
-    figure, axis = plt.subplots(figsize=(max(8, 1.6 * len(rows)), 4.5))
-    axis.bar(positions - 0.2, [row["recall_vs_exact@10"] for row in rows], 0.4, label="recall@10 vs exact")
-    axis.bar(positions + 0.2, [row["mrr@10"] for row in rows], 0.4, label="MRR@10 (test qrels)")
-    axis.set_xticks(positions, labels, fontsize=7)
-    axis.set_ylim(0, 1)
-    axis.legend()
-    figure.tight_layout()
+    markers, colors = dict(zip(METHODS, "*osDv^P<>X")), dict(zip(METHODS, plt.cm.tab10.colors))
+    names, sizes = list(results["corpora"]), results["settings"]["bytes"]
+    figure, axes = plt.subplots(len(names), len(sizes), figsize=(5 * len(sizes), 4 * len(names) + 0.6), squeeze=False)
+    for axis_row, name in zip(axes, names):
+        for axis, size in zip(axis_row, sizes):
+            for row in results["corpora"][name]["rows"]:
+                if row["bytes"] == size or row["family"] == "exact":
+                    axis.scatter(row["qps"], row["recall_vs_exact@10"], s=60, marker=markers[row["family"]],
+                                 color=colors[row["family"]], label=row["family"])
+            axis.set(xscale="log", xlabel=f"QPS ({results['settings']['threads']} thread(s))", ylim=(0, 1.02),
+                     ylabel="recall@10 vs exact", title=f"{name}, {size} bytes/vector")
+            axis.grid(alpha=0.3)
+    handles = {label: handle for axis in axes.flat for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
+    figure.tight_layout(rect=(0, 0.6 / figure.get_figheight(), 1, 1))
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
 
+
+def parse_arguments() -> tuple[argparse.Namespace, DistillVQTrainingArguments]:
+    """This script's flags, and the training arguments from the rest (refused when not a training field)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # an abbreviation could swallow a training flag
+    parser.add_argument("--corpora", type=Path, nargs="+", required=True, help="BEIR folders with embeddings")
+    parser.add_argument("--embeddings", default="all-MiniLM-L6-v2", help="folder under each corpus's embeddings/")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    parser.add_argument("--bytes", type=int, nargs="+", default=[16, 48], help="bytes per vector of each size")
+    parser.add_argument("--num-lists", type=int, help="IVF lists (default: auto from the number of documents)")
+    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="faiss and torch threads, training and search")
+    parser.add_argument("--max-docs", type=int, help="benchmark the first N documents only (a quick check)")
+    parser.add_argument("--max-train-docs", type=int, default=20000, help="faiss's training sample, every family")
+    parser.add_argument("--qps-queries", type=int, help="time the first N test queries for QPS (default: all)")
+    parser.add_argument("--max-steps", type=int, default=300, help="distillation steps")
+    parser.add_argument("--batch-size", type=int, default=64, help="train queries per distillation step")
+    parser.add_argument("--max-train-seconds", type=float, help="time budget of each distillation (stops early)")
+    parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results" / "all_families")
+    parser.add_argument("--save-models", action="store_true", help="save each distilled model to OUTPUT/models/")
+    args, rest = parser.parse_known_args()
+    training_parser = HfArgumentParser(DistillVQTrainingArguments)
+    training_parser.set_defaults(
+        max_steps=args.max_steps, seed=0, save_strategy="no",
+        per_device_train_batch_size=args.batch_size, max_train_seconds=args.max_train_seconds, report_to=[],
+        logging_steps=max(1, args.max_steps // 10), use_cpu=not torch.cuda.is_available(),
+    )
+    training_args, unknown = training_parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments {unknown}: neither a flag of this script nor a training argument.")
+    return args, training_args
+
+
+def main() -> None:
+    args, training_args = parse_arguments()
+    faiss.omp_set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    corpora = [load_corpus(folder, args.embeddings, args.max_docs) for folder in args.corpora]
+    for corpus in corpora:
+        check_sizes(args.bytes, corpus.docs.shape[1], args.num_lists or auto_num_lists(len(corpus.docs)), args.nprobe)
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    settings.update(corpora=[str(folder) for folder in args.corpora], qps_k=QPS_K,
+                    training_arguments=training_args.to_sanitized_dict())
+    results = {"settings": settings, "machine": machine_facts(), "corpora": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        training_args.output_dir = scratch  # the Trainer's folder: nothing is saved there (save_strategy="no")
+        for corpus in corpora:
+            print(f"[{corpus.name}] {len(corpus.docs)} documents, {len(corpus.train_queries)} train queries, "
+                  f"{len(corpus.test_queries)} test queries", flush=True)
+            entry = results["corpora"].setdefault(corpus.name, {})
+            benchmark_corpus(corpus, args, training_args, entry, lambda: write_results(results, args))
+    write_results(results, args)
+    plot_recall_vs_qps(results, args.output_dir / "recall_vs_qps.png")
+    print(f"Wrote {args.output_dir}/results.json, results.md and recall_vs_qps.png")
 
 if __name__ == "__main__":
     main()
