@@ -103,13 +103,14 @@ def build_faiss_index(
     if codes is not None:
         for start in tqdm(range(0, len(codes), batch_size), desc="Adding documents", unit="batch",
                           disable=len(codes) <= batch_size):
-            _add_codes(ivf, list_ids[start : start + batch_size], codes[start : start + batch_size])
+            _add_codes(ivf, list_ids[start : start + batch_size], codes[start : start + batch_size],
+                       config.bits_per_subvector)
         index.ntotal = ivf.ntotal  # an IndexPreTransform keeps its own count
     return family.finish_export(config, index, ivf)
 
 
-def _add_codes(ivf: faiss.IndexIVF, list_ids: np.ndarray, codes: np.ndarray) -> None:
-    """Store `codes (n, num_codes)` (8 or fewer bits each, packed as faiss packs them) in lists `list_ids (n,)`, with
+def _add_codes(ivf: faiss.IndexIVF, list_ids: np.ndarray, codes: np.ndarray, bits: int) -> None:
+    """Store `codes (n, num_codes)` (`bits` bits each, packed as faiss packs them) in lists `list_ids (n,)`, with
     the next ids: faiss's standalone code layout is the list number in `coarse_code_size` little-endian bytes, then
     the code."""
     list_ids, codes = np.asarray(list_ids, dtype=np.int64), np.asarray(codes, dtype=np.int64)
@@ -117,12 +118,8 @@ def _add_codes(ivf: faiss.IndexIVF, list_ids: np.ndarray, codes: np.ndarray) -> 
     packed = np.empty((len(codes), coarse_size + ivf.code_size), dtype=np.uint8)
     for byte in range(coarse_size):
         packed[:, byte] = (list_ids >> (8 * byte)) & 255
-    packed[:, coarse_size:] = _pack_codes(codes, ivf.code_size, _bits_per_code(ivf))
+    packed[:, coarse_size:] = _pack_codes(codes, ivf.code_size, bits)
     ivf.add_sa_codes(packed, np.arange(ivf.ntotal, ivf.ntotal + len(codes), dtype=np.int64))
-
-
-def _bits_per_code(ivf: faiss.IndexIVF) -> int:
-    return ivf.pq.nbits if isinstance(ivf, faiss.IndexIVFPQ) else int(faiss.vector_to_array(ivf.rq.nbits)[0])
 
 
 def _pack_codes(codes: np.ndarray, code_size: int, bits: int) -> np.ndarray:
