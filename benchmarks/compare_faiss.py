@@ -5,7 +5,10 @@
 
 At each size: exact search, faiss IVF-PQ, OPQ-IVF-PQ, 4-bit fast-scan PQ, RQ, LSQ and PRQ, and distill-vq from the
 OPQ and from the RQ index, with the same lists, nprobe and threads; every faiss family trains on the same sample
-of documents. Recall against exact search and against the test qrels, training seconds, QPS, index size; writes
+of documents. The query-side rows distil the RQ index together with a query adapter (`+adapter`), a copy of the
+teacher as query encoder (`+joint`, Distill-VQ's joint mode) or a 3-layer student (`+student`, layers 0,2,4 of the
+teacher, EmbedDistill); their test queries are embedded by what they trained (query-encoding throughput:
+`queries_per_second`). Recall against exact search and against the test qrels, training seconds, QPS, index size; writes
 `results.json`, `results.md` (after every row) and `recall_vs_qps.png`. benchmarks/README.md says what is held
 equal and how to read the rows. Flags it does not know go to `DistillVQTrainingArguments` (e.g. `--loss kl`).
 """
@@ -13,6 +16,8 @@ equal and how to read the rows. Flags it does not know go to `DistillVQTrainingA
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gzip
 import json
 import os
 import platform
@@ -24,6 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from datasets import Dataset
 from transformers import HfArgumentParser
 
 from distill_vq import DistillVQModel
@@ -31,11 +37,12 @@ from distill_vq.data import load_qrels
 from distill_vq.evaluation import evaluate_index, format_markdown_table, measure_qps
 from distill_vq.io_utils import atomic_path, write_json, write_text
 from distill_vq.pipeline import auto_num_lists, distill
+from distill_vq.query_encoding import ModelQueryEncoder, query_tokenizer
 from distill_vq.sampling import exact_search
 from distill_vq.trainer import DistillVQTrainingArguments
 
 COLUMNS = ["method", "bytes", "recall_vs_exact@10", "recall_vs_exact@100", "mrr@10", "recall@10", "recall@100",
-           "train_seconds", "qps", "index_mb"]
+           "train_seconds", "qps", "queries_per_second", "index_mb"]
 QPS_K = 10  # results per query when timing search
 # faiss rows: method -> index_factory string at m bytes per vector over `nlist` lists. `np`: no polysemous
 # training, which only reorders PQ codes for Hamming filtering (unused here) and costs minutes.
@@ -47,7 +54,16 @@ FAISS_METHODS = {
     "ivf-lsq": "IVF{nlist},LSQ{m}x8_Nnone",
     "ivf-prq": "IVF{nlist},PRQ{half}x2x8_Nnone",
 }
-DISTILL_METHODS = {"distill-pq": "opq-ivf-pq", "distill-rq": "ivf-rq"}  # distill-vq row -> the faiss row it starts from
+# distill-vq row -> (the faiss row it starts from, what embeds its queries)
+DISTILL_METHODS = {"distill-pq": ("opq-ivf-pq", None), "distill-rq": ("ivf-rq", None),
+                   "distill-rq+adapter": ("ivf-rq", "adapter"), "distill-rq+joint": ("ivf-rq", "joint"),
+                   "distill-rq+student": ("ivf-rq", "student")}
+TEACHER = "all-MiniLM-L6-v2"
+STUDENT_LAYERS = [0, 2, 4]
+# The query encoder's training settings (as `distill-vq train --train-query-encoder / --student-layers` sets them).
+QUERY_SIDE_ARGUMENTS = {"joint": {"query_encoder_learning_rate": 2e-5},
+                        "student": {"query_encoder_learning_rate": 5e-4, "student_loss_weight": 1.0,
+                                    "embedding_matching_weight": 1.0}}
 METHODS = ["exact", *FAISS_METHODS, *DISTILL_METHODS]
 SEARCH_TYPES = ("ST_LUT_nonorm", "ST_decompress")  # the exact search types of additive codes without norms
 SEARCH_TYPE_TRIAL = 200  # queries that pick an additive index's faster search type
@@ -65,6 +81,8 @@ class Corpus:
     test_queries: np.ndarray
     test_qrels: list[dict[str, int]]
     exact_ids: np.ndarray
+    train_texts: list[str]
+    test_texts: list[str]
 
 
 def load_corpus(folder: Path, embeddings: str, max_docs: int | None) -> Corpus:
@@ -82,10 +100,14 @@ def load_corpus(folder: Path, embeddings: str, max_docs: int | None) -> Corpus:
     test_rows = [row for row, query_id in enumerate(query_ids) if query_id in test_qrels]
     train_rows = [row for row, query_id in enumerate(query_ids) if query_id in train_ids]
     test_queries = queries[test_rows].astype(np.float32)
+    with gzip.open(folder / "queries.jsonl.gz", "rt", encoding="utf-8") as handle:
+        text_of = {row["_id"]: row["text"] for row in map(json.loads, handle)}
     return Corpus(
         name=folder.name, docs=docs, doc_ids=doc_ids, train_queries=queries[train_rows].astype(np.float32),
         test_queries=test_queries, test_qrels=[test_qrels[query_ids[row]] for row in test_rows],
         exact_ids=exact_search(test_queries, docs, 100)[1],
+        train_texts=[text_of[query_ids[row]] for row in train_rows],
+        test_texts=[text_of[query_ids[row]] for row in test_rows],
     )
 
 
@@ -137,25 +159,45 @@ def fastest_search(index: faiss.Index, queries: np.ndarray) -> dict:
     return {"qps": measure_qps(index, queries, QPS_K), "search_type": best, **trials}
 
 
-def measure(index: faiss.Index, corpus: Corpus, args) -> dict:
-    """Search speed, then the quality of the same searches, at `args.nprobe`."""
+def measure(index: faiss.Index, corpus: Corpus, args, queries: np.ndarray | None = None) -> dict:
+    """Search speed, then the quality of the same searches, at `args.nprobe`, with the teacher's test queries or
+    the given embeddings of them."""
+    queries = corpus.test_queries if queries is None else queries
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = args.nprobe
-    timing = fastest_search(index, corpus.test_queries[: args.qps_queries])
-    metrics = evaluate_index(index, corpus.test_queries, corpus.doc_ids, corpus.test_qrels, corpus.exact_ids)
+    timing = fastest_search(index, queries[: args.qps_queries])
+    metrics = evaluate_index(index, queries, corpus.doc_ids, corpus.test_qrels, corpus.exact_ids)
     return {**metrics, **timing, "index_mb": faiss.serialize_index(index).nbytes / 2**20}
 
 
-def distill_from(index: faiss.Index, corpus: Corpus, training_args) -> tuple[DistillVQModel, float, int]:
+def distill_from(index: faiss.Index, corpus: Corpus, training_args, query_side: str | None = None
+                 ) -> tuple[DistillVQModel, object, float, int]:
     """distill-vq initialised from a trained faiss index and distilled on the train queries (as many as training
-    will see, drawn at random, so that only those are mined); with its seconds and steps."""
+    will see, drawn at random, so that only those are mined), with a query adapter or a query encoder per
+    `query_side`; with the query encoder's tokenizer (or None), its seconds and steps."""
     model = DistillVQModel.from_faiss(index)
+    tokenizer = None
+    if query_side == "adapter":
+        model.attach_query_adapter()
+    elif query_side is not None:
+        model.attach_query_encoder(TEACHER, layers=STUDENT_LAYERS if query_side == "student" else None)
+        tokenizer = query_tokenizer(TEACHER)
+        training_args = dataclasses.replace(training_args, **QUERY_SIDE_ARGUMENTS[query_side])
     used = min(len(corpus.train_queries), training_args.max_steps * training_args.per_device_train_batch_size)
     rows = np.sort(np.random.default_rng(training_args.seed).choice(len(corpus.train_queries), used, replace=False))
+    queries = Dataset.from_dict({"query_embedding": corpus.train_queries[rows],
+                                 **({"query": [corpus.train_texts[row] for row in rows]} if tokenizer else {})})
     start = time.perf_counter()
-    trainer = distill(model, corpus.train_queries[rows], corpus.docs, training_args)
-    return model, time.perf_counter() - start, trainer.state.global_step
+    trainer = distill(model, queries, corpus.docs, training_args, tokenizer=tokenizer)
+    return model, tokenizer, time.perf_counter() - start, trainer.state.global_step
+
+
+def encoded_test_queries(model: DistillVQModel, tokenizer, corpus: Corpus) -> tuple[np.ndarray, float]:
+    """The test queries embedded by the model's query encoder, and its throughput (queries per second)."""
+    start = time.perf_counter()
+    embeddings = ModelQueryEncoder(model, tokenizer).encode(corpus.test_texts, show_progress=False)
+    return embeddings, len(embeddings) / (time.perf_counter() - start)
 
 
 def benchmark_corpus(corpus: Corpus, args, training_args, entry: dict, save) -> None:
@@ -179,7 +221,7 @@ def benchmark_corpus(corpus: Corpus, args, training_args, entry: dict, save) -> 
         exact.add(corpus.docs)
         add({"method": "exact (IndexFlatIP)", "family": "exact", "bytes": 4 * corpus.docs.shape[1],
              "train_seconds": 0.0, **measure(exact, corpus, args)})
-    needed = {DISTILL_METHODS.get(method, method) for method in args.methods}
+    needed = {DISTILL_METHODS[method][0] if method in DISTILL_METHODS else method for method in args.methods}
     for num_bytes in args.bytes:
         factories = factory_strings(num_bytes, num_lists)
         indexes, seconds = {}, {}
@@ -192,14 +234,17 @@ def benchmark_corpus(corpus: Corpus, args, training_args, entry: dict, save) -> 
                 add({"method": f"faiss {factory}", "family": method, "bytes": num_bytes,
                      "train_seconds": seconds[method], "add_seconds": add_seconds,
                      **measure(indexes[method], corpus, args)})
-        for method, source in DISTILL_METHODS.items():
+        for method, (source, query_side) in DISTILL_METHODS.items():
             if method not in args.methods:
                 continue
-            print(f"[{corpus.name}] distill-vq from {factories[source]}: distilling", flush=True)
-            model, distill_seconds, steps = distill_from(indexes[source], corpus, training_args)
-            add({"method": f"distill-vq (from {factories[source]})", "family": method, "bytes": num_bytes,
+            print(f"[{corpus.name}] {method} from {factories[source]}: distilling", flush=True)
+            model, tokenizer, distill_seconds, steps = distill_from(indexes[source], corpus, training_args, query_side)
+            queries, speed = (None, None) if tokenizer is None else encoded_test_queries(model, tokenizer, corpus)
+            suffix = "" if query_side is None else f" + {query_side}"
+            add({"method": f"distill-vq (from {factories[source]}){suffix}", "family": method, "bytes": num_bytes,
                  "train_seconds": seconds[source] + distill_seconds, "distill_seconds": distill_seconds,
-                 "distill_steps": steps, **measure(model.to_faiss(corpus.docs), corpus, args)})
+                 "distill_steps": steps, "queries_per_second": speed,
+                 **measure(model.to_faiss(corpus.docs), corpus, args, queries)})
             if args.save_models:
                 model.save_pretrained(args.output_dir / "models" / corpus.name / f"{method}-{num_bytes}B")
 
@@ -246,7 +291,8 @@ def plot_recall_vs_qps(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers, colors = dict(zip(METHODS, "*osDv^P<>X")), dict(zip(METHODS, plt.cm.tab10.colors))
+    markers = dict(zip(METHODS, "*osDv^P<>Xhd"))
+    colors = dict(zip(METHODS, [*plt.cm.tab10.colors, "black", "gray"]))
     names, sizes = list(results["corpora"]), results["settings"]["bytes"]
     figure, axes = plt.subplots(len(names), len(sizes), figsize=(5 * len(sizes), 4 * len(names) + 0.6), squeeze=False)
     for axis_row, name in zip(axes, names):

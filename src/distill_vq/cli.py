@@ -24,12 +24,13 @@ from transformers import HfArgumentParser
 
 from . import pipeline
 from .data import DataError, default_data_path, load_corpus
-from .encoding import DEFAULT_ENCODER_NAME, TextEncoder
+from .encoding import DEFAULT_ENCODER_NAME
 from .hub import download_output_dir, hub_error_message, push_output_dir, set_hub_timeouts
 from .io_utils import is_hub_id
 from .losses import SCORE_LOSSES
 from .quantizers import QUANTIZERS
 from .output_folder import read_output_folder, recover_interrupted_swap
+from .query_encoding import query_encoder_for
 from .pipeline import DEFAULT_CACHE_DIR, DEFAULT_EVAL_SPLIT, DEFAULT_OUTPUT_DIR, MIN_POINTS_PER_LIST, TrainSettings
 from .trainer import DistillVQTrainingArguments
 
@@ -38,6 +39,10 @@ SAVE_EVERY = 0.1  # a checkpoint every 10% of the steps (and at the end, or when
 SAVE_TOTAL_LIMIT = 2
 DISTILLATION_LOSSES = [name for name in SCORE_LOSSES if name != "contrastive"]  # contrastive needs labels
 SNIPPET_CHARS = 100
+# A copy of the teacher starts where the index does and only needs nudging; a cut student must first learn to embed
+# like the teacher (EmbedDistill's score and embedding terms, at the rate benchmarks/embed_distill.py found).
+JOINT_DEFAULTS = {"query_encoder_learning_rate": 2e-5}
+STUDENT_DEFAULTS = {"query_encoder_learning_rate": 5e-4, "student_loss_weight": 1.0, "embedding_matching_weight": 1.0}
 
 
 class StepPrinter:
@@ -58,6 +63,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
     return value
+
+
+def layer_list(text: str) -> list[int]:
+    """argparse type: comma-separated layer numbers, e.g. `0,2,4`."""
+    try:
+        return [int(number) for number in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers such as 0,2,4")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--no-rotation", action="store_true", help="no OPQ rotation")
     index.add_argument("--nprobe", type=positive_int,
                        help="lists searched per query (default: num_lists // 8, at least min(num_lists, 8))")
+    queries = train.add_argument_group("query side (default: queries keep the document encoder's embeddings)")
+    queries.add_argument("--query-adapter", action="store_true",
+                         help="train a linear map of the query embeddings against the index (for --query-embeddings "
+                              "users too); the exported index applies it")
+    queries.add_argument("--train-query-encoder", action="store_true",
+                         help="train a copy of --encoder as the query encoder against the index (Distill-VQ's joint "
+                              "mode); search and evaluate then embed queries with it")
+    queries.add_argument("--student-layers", type=layer_list,
+                         help="train a smaller query encoder (EmbedDistill): these layers of --student-encoder, "
+                              "e.g. 0,2,4")
+    queries.add_argument("--student-encoder", help="the query encoder to train (default: --encoder)")
     training = train.add_argument_group("training")
     training.add_argument("--loss", default="listnet", choices=DISTILLATION_LOSSES, help="(default: listnet)")
     training.add_argument("--max-steps", type=positive_int, help=f"optimizer steps (default: {DEFAULT_MAX_STEPS})")
@@ -150,6 +174,10 @@ def training_arguments(args: argparse.Namespace, flags: list[str]) -> DistillVQT
     epochs = args.num_train_epochs is not None and args.max_steps is None
     max_steps = -1 if epochs else args.max_steps or DEFAULT_MAX_STEPS
     parser = HfArgumentParser(DistillVQTrainingArguments, exit_on_error=False)
+    if getattr(args, "student_layers", None) is not None or getattr(args, "student_encoder", None) is not None:
+        parser.set_defaults(**STUDENT_DEFAULTS)
+    elif getattr(args, "train_query_encoder", False):
+        parser.set_defaults(**JOINT_DEFAULTS)
     parser.set_defaults(
         output_dir=str(Path(args.output_dir) / "checkpoints"), per_device_train_batch_size=args.batch_size,
         max_steps=max_steps, num_train_epochs=args.num_train_epochs if epochs else 3.0, seed=args.seed,
@@ -213,9 +241,9 @@ def _local_output_dir(name: str) -> Path:
 def run_search(args: argparse.Namespace) -> None:
     args.output_dir = _local_output_dir(args.output_dir)
     config, index, doc_ids, index_config = read_output_folder(args.output_dir, args.nprobe)
-    encoder = TextEncoder(config.encoder_name_or_path, revision=config.encoder_revision)
+    encoder = query_encoder_for(args.output_dir, config)
     if encoder.embedding_dim != config.embedding_dim:
-        raise DataError(f"{config.encoder_name_or_path} makes {encoder.embedding_dim}-d embeddings but the index holds "
+        raise DataError(f"{encoder.name} makes {encoder.embedding_dim}-d embeddings but the index holds "
                         f"{config.embedding_dim}-d ones; the index was trained on embeddings of another encoder.")
     scores, rows = index.search(encoder.encode([args.query], show_progress=False), min(args.k, len(doc_ids)))
     texts = _document_texts(args.corpus or index_config.get("corpus"), rows[0], doc_ids)

@@ -45,8 +45,13 @@ class DistillVQConfig(PreTrainedConfig):
         query_encoder_config (`dict` or `PreTrainedConfig`, *optional*): config of a trained query encoder the
             model carries (Distill-VQ joint training, EmbedDistill student); `None` when queries are embedded
             by `encoder_name_or_path`.
+        query_encoder_name_or_path (`str`, *optional*): the encoder the query encoder was initialised from, and
+        query_encoder_layers (`list[int]`, *optional*): the layers of it kept (all when `None`); for the record.
         query_pooling (`str`): `"mean"` or `"cls"` pooling of the query encoder's token states.
         normalize_query_embeddings (`bool`): L2-normalise the query encoder's embeddings.
+        query_adapter (`bool`): whether the model carries a query adapter, a linear map `(dim, dim)` applied to query
+            embeddings of `encoder_name_or_path` before they are scored (trained against the index, initialised
+            at identity); for queries that arrive as embeddings. Exclusive with `query_encoder_config`.
     """
 
     model_type = "distill_vq"
@@ -67,8 +72,11 @@ class DistillVQConfig(PreTrainedConfig):
     encoder_name_or_path: str | None = None
     encoder_revision: str | None = None
     query_encoder_config: dict | PreTrainedConfig | None = None
+    query_encoder_name_or_path: str | None = None
+    query_encoder_layers: list[int] | None = None
     query_pooling: str = "mean"
     normalize_query_embeddings: bool = True
+    query_adapter: bool = False
 
     def __post_init__(self, **kwargs):
         self._check_types()
@@ -88,6 +96,9 @@ class DistillVQConfig(PreTrainedConfig):
         """Raise `ValueError` naming the field and the fix unless faiss can build these shapes."""
         if self.metric not in METRICS:
             raise ValueError(f"metric={self.metric!r} is unknown; use one of {METRICS}.")
+        if self.query_adapter and self.query_encoder_config is not None:
+            raise ValueError("query_adapter maps the teacher's query embeddings, but query_encoder_config gives the "
+                             "model its own query encoder; keep one of the two.")
         if self.query_pooling not in POOLINGS:
             raise ValueError(f"query_pooling={self.query_pooling!r} is unknown; use one of {POOLINGS}.")
         for name in ("embedding_dim", "num_lists", "num_subvectors"):

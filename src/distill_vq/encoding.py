@@ -156,13 +156,13 @@ class TextEncoder:
                     max_length=self.max_seq_length,
                     return_tensors="pt",
                 ).to(device)
-                hidden_states = self.model(**tokens).last_hidden_state
-                embeddings[rows] = self._pool(hidden_states, tokens["attention_mask"]).float().cpu().numpy()
+                embeddings[rows] = self.embed_tokens(tokens).float().cpu().numpy()
         return embeddings
 
-    def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """`(batch, tokens, dim)` hidden states and `(batch, tokens)` mask -> `(batch, dim)` text embeddings."""
-        pooled = pool_tokens(hidden_states, attention_mask, self.pooling)
+    def embed_tokens(self, tokens) -> torch.Tensor:
+        """Tokenizer output for `batch` texts -> `(batch, dim)` text embeddings: the pooled (and normalised) last
+        hidden states."""
+        pooled = pool_tokens(self.model(**tokens).last_hidden_state, tokens["attention_mask"], self.pooling)
         return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 

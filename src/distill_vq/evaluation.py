@@ -173,13 +173,17 @@ def compare_indexes(
     query_embeddings: np.ndarray,
     qrels_for_queries: list[dict[str, int]] | None,
     metric: str = "inner_product",
+    index_queries: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Index name -> its `recall_vs_exact@k`, label metrics (with qrels) and `qps` on the same queries."""
+    """Index name -> its `recall_vs_exact@k`, label metrics (with qrels) and `qps` on the same queries: the teacher's
+    `query_embeddings (Q, dim)`, which also give exact search's top-k, or for an index named in `index_queries` its
+    own embeddings of the same queries (a trained query encoder's)."""
     queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
     cutoffs = evaluation_cutoffs(len(doc_ids))
     exact_ids = exact_search(queries, doc_embeddings, max(cutoffs), metric)[1]
     results = {}
     for name, index in indexes.items():
-        metrics = evaluate_index(index, queries, doc_ids, qrels_for_queries, exact_ids, cutoffs)
+        own_queries = (index_queries or {}).get(name, queries)
+        metrics = evaluate_index(index, own_queries, doc_ids, qrels_for_queries, exact_ids, cutoffs)
         results[name] = {**metrics, "qps": round(metrics["qps"])}
     return results

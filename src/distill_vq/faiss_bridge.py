@@ -72,6 +72,7 @@ def build_faiss_index(
     list_ids: np.ndarray | None = None,
     codes: np.ndarray | None = None,
     nprobe: int | None = None,
+    query_adapter: np.ndarray | None = None,
     batch_size: int = 65536,
 ) -> faiss.Index:
     """A faiss index carrying exactly these weights and, when given, documents stored with exactly these codes.
@@ -82,10 +83,13 @@ def build_faiss_index(
         list_ids, codes: optional `(num_docs,)` IVF lists and `(num_docs, num_codes)` codes of the documents (the
             model's `quantize`), stored with ids `0..num_docs-1` without re-encoding.
         nprobe: lists searched per query; default `config.nprobe`.
+        query_adapter: optional `(dim, dim)` map `A` of the queries, put before everything else: the index scores
+            `A q` against the documents. Like RQ's export, such an index is for search: its `add` would map the
+            documents too, so add documents through `DistillVQModel.to_faiss` (codes given here).
 
     Returns:
         the index the family searches with (`config.index_factory_string` itself for PQ; for RQ the same codes in a
-        PQ-speed `IndexIVFPQ`, see `quantizers.residual.lifted_ivfpq`).
+        PQ-speed `IndexIVFPQ`, see `quantizers.residual.lifted_ivfpq`), behind the query adapter when there is one.
     """
     family = get_quantizer(config.quantizer)
     index = faiss.index_factory(config.embedding_dim, config.index_factory_string, FAISS_METRICS[config.metric])
@@ -106,7 +110,23 @@ def build_faiss_index(
             _add_codes(ivf, list_ids[start : start + batch_size], codes[start : start + batch_size],
                        config.bits_per_subvector)
         index.ntotal = ivf.ntotal  # an IndexPreTransform keeps its own count
-    return family.finish_export(config, index, ivf)
+    index = family.finish_export(config, index, ivf)
+    if query_adapter is not None:
+        index = _behind_query_adapter(index, query_adapter)
+    return index
+
+
+def _behind_query_adapter(index: faiss.Index, query_adapter: np.ndarray) -> faiss.IndexPreTransform:
+    """`index` searched with `A q`: `A (dim, dim)` as the first transform of an `IndexPreTransform`."""
+    adapter = faiss.LinearTransform(index.d, index.d, False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(query_adapter, dtype=np.float32).ravel(), adapter.A)
+    adapter.is_trained = True
+    if not isinstance(index, faiss.IndexPreTransform):
+        return faiss.IndexPreTransform(adapter, index)
+    if index.own_fields:  # index_factory's index frees its chain: hand the adapter over, or it is freed twice
+        adapter.this.disown()
+    index.prepend_transform(adapter)
+    return index
 
 
 def _add_codes(ivf: faiss.IndexIVF, list_ids: np.ndarray, codes: np.ndarray, bits: int) -> None:

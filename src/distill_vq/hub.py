@@ -25,7 +25,9 @@ from huggingface_hub.utils._http import default_client_factory  # the client hug
 
 from .configuration_distill_vq import DistillVQConfig
 from .model_card import CARD_DATA_FILE, CARD_FILE, DistillVQModelCardData
-from .output_folder import DOC_IDS_FILE, INDEX_CONFIG_FILE, INDEX_FILE, read_config, read_index_files
+from .output_folder import (
+    DOC_IDS_FILE, INDEX_CONFIG_FILE, INDEX_FILE, TOKENIZER_FILES, read_config, read_index_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,6 @@ _HUB_CLIENT_FOLDER = Path(huggingface_hub.__file__).parent
 
 MODEL_FILES = ["config.json", "model.safetensors", CARD_FILE, CARD_DATA_FILE, "results.json", "results.md",
                "recall.png"]
-ENCODER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]
 INDEX_FILES = [INDEX_FILE, DOC_IDS_FILE, INDEX_CONFIG_FILE]
 
 
@@ -71,7 +72,7 @@ def push_output_dir(output_dir, repo_id: str, private: bool = False, include_ind
     _check_repository_model_type(repo_id, revision, token)
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    names = MODEL_FILES + (ENCODER_FILES if config.query_encoder_config is not None else []) + (
+    names = MODEL_FILES + (list(TOKENIZER_FILES) if config.query_encoder_config is not None else []) + (
         INDEX_FILES if include_index else [])
     operations = [CommitOperationAdd(name, str(folder / name)) for name in names if (folder / name).is_file()]
     card = _card_for(folder, config, repo_id)
@@ -96,8 +97,8 @@ def load_index(repo_id_or_path, nprobe: int | None = None, revision: str | None 
 
 def download_output_dir(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
     """The local copy of a repository pushed from a `distill-vq train` folder with its index (for `search` and
-    `evaluate`): the quantizer and the index files."""
-    return _download(repo_id, ["config.json", "model.safetensors", *INDEX_FILES], revision, token)
+    `evaluate`): the quantizer (with its query encoder's tokenizer, when it has one) and the index files."""
+    return _download(repo_id, ["config.json", "model.safetensors", *TOKENIZER_FILES, *INDEX_FILES], revision, token)
 
 
 def _download(repo_id: str, names: list[str], revision: str | None, token: str | None) -> Path:

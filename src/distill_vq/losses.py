@@ -380,8 +380,8 @@ class DistillVQLoss(nn.Module):
     @property
     def trained_weights(self) -> set[str]:
         """The model's weight groups that some weighted term reaches: the codebooks need the PQ term, the centroids
-        the PQ or IVF term; every term reaches the query encoder."""
-        reached = {"query_encoder"}
+        the PQ or IVF term; every term reaches the query encoder and the query adapter."""
+        reached = {"query_encoder", "query_adapter"}
         if self.weights["pq"]:
             reached |= {"codebooks", "ivf_centroids"}
         if self.weights["ivf"]:

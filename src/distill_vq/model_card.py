@@ -71,6 +71,15 @@ def get_versions() -> dict[str, str]:
     return versions
 
 
+def _query_encoder_description(config) -> str | None:
+    """E.g. "`all-MiniLM-L6-v2`, layers 0,2,4" for a model with its own query encoder; None without one."""
+    if config.query_encoder_config is None:
+        return None
+    layers = config.query_encoder_layers
+    origin = f"`{config.query_encoder_name_or_path}`" if config.query_encoder_name_or_path else "an encoder"
+    return origin + ("" if layers is None else f", layers {','.join(map(str, layers))}")
+
+
 @dataclass
 class DistillVQModelCardData(CardData):
     """The facts of a distill-vq model card: fields the user gives, and facts recorded by `set_index` (at every
@@ -127,7 +136,7 @@ class DistillVQModelCardData(CardData):
             "nprobe": config.nprobe, "quantizer": config.quantizer, "num_codes": config.num_codes,
             "bits_per_subvector": config.bits_per_subvector, "use_rotation": config.use_rotation,
             "encoder": encoder, "encoder_revision": config.encoder_revision,
-            "query_encoder": config.query_encoder_config is not None,
+            "query_encoder": _query_encoder_description(config), "query_adapter": config.query_adapter,
         }
 
     def set_losses(self, loss) -> None:

@@ -29,7 +29,8 @@ class DistillVQOutput(ModelOutput):
         teacher_scores (`(batch, num_docs)`): `s(q, d)`, exact search with the original embeddings.
         student_scores (`(batch, num_docs)`): `s(q, d)` of the model's own (student) query embeddings against the
             exact documents; only when the queries come from the query encoder (EmbedDistill's score term).
-        query_embeddings (`(batch, dim)`): the queries after rotation, `Rq`.
+        query_embeddings (`(batch, dim)`): the queries as the index scores them, after the query adapter and the
+            rotation: `R A q`.
         student_doc_embeddings (`(num_texts, dim)`): documents embedded by the query encoder (a symmetric student),
             only when document tokens are given (EmbedDistill's document embedding matching).
         codeword_temperature (`()`): temperature of the soft codeword assignment used for the gradients.
@@ -79,6 +80,8 @@ class DistillVQPreTrainedModel(PreTrainedModel):
             init.normal_(module.ivf_centroids, std=0.02)
             init.normal_(module.codebooks, std=0.02)
             init.eye_(module.rotation)
+            if module.query_adapter is not None:
+                init.eye_(module.query_adapter)
         else:
             super()._init_weights(module)
 
@@ -90,7 +93,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
         ivf_centroids `(num_lists, dim)`, codebooks (PQ: `(num_subvectors, 2**bits, dim // num_subvectors)`, RQ:
         `(num_codebooks, 2**bits, dim)`),
         rotation `(dim, dim)` (persistent buffer; identity without OPQ), and optionally a `query_encoder`
-        (with `query_projection` when its hidden size differs from `dim`).
+        (with `query_projection` when its hidden size differs from `dim`) or a `query_adapter` `(dim, dim)`.
     """
 
     def __init__(self, config: DistillVQConfig):
@@ -101,8 +104,9 @@ class DistillVQModel(DistillVQPreTrainedModel):
         self.register_buffer("rotation", torch.empty(dim, dim), persistent=True)
         self.query_encoder = None
         self.query_projection = None
+        self.query_adapter = nn.Parameter(torch.empty(dim, dim)) if config.query_adapter else None
         if config.query_encoder_config is not None:
-            self.query_encoder = AutoModel.from_config(config.query_encoder_config)
+            self.query_encoder = _without_pooler(AutoModel.from_config(config.query_encoder_config))
             hidden_size = config.query_encoder_config.hidden_size
             if hidden_size != dim:
                 self.query_projection = nn.Linear(hidden_size, dim, bias=False)
@@ -158,6 +162,9 @@ class DistillVQModel(DistillVQPreTrainedModel):
         6) or to the layers numbered `layers` (e.g. `[0, 2, 4]`, every other layer, which distills better than
         the lower three on the Debian benchmark). A projection to `embedding_dim` is added when the hidden sizes
         differ. Returns the model."""
+        if self.query_adapter is not None:
+            raise ValueError("The model has a query adapter (for queries embedded by the document encoder); a query "
+                             "encoder replaces that encoder: build the model without query_adapter.")
         if num_layers is not None and layers is not None:
             raise ValueError("Give num_layers (the first n layers) or layers (their numbers), not both.")
         _, location = resolve_encoder(encoder_name_or_path)
@@ -168,18 +175,28 @@ class DistillVQModel(DistillVQPreTrainedModel):
             if not isinstance(stack, nn.ModuleList):
                 raise ValueError(f"{encoder_name_or_path} has no BERT-style layer stack (encoder.layer) to cut; "
                                  "leave num_layers and layers unset to train it whole.")
-            if not keep or len(set(keep)) < len(keep) or not all(0 <= number < len(stack) for number in keep):
-                raise ValueError(f"The layers {list(keep)} are not possible: {encoder_name_or_path} has {len(stack)} "
-                                 f"layers (encoder.layer), numbered 0 to {len(stack) - 1}; give distinct numbers.")
+            check_layers(keep, len(stack), encoder_name_or_path)
             encoder.encoder.layer = nn.ModuleList(stack[number] for number in keep)
             encoder.config.num_hidden_layers = len(keep)
         self.config.query_encoder_config = encoder.config
-        self.query_encoder = encoder.to(self.device)
+        self.config.query_encoder_name_or_path = resolve_encoder(encoder_name_or_path)[0]
+        self.config.query_encoder_layers = None if keep is None else list(keep)
+        self.query_encoder = _without_pooler(encoder).to(self.device)
         self.query_projection = None
         if encoder.config.hidden_size != self.config.embedding_dim:
             self.query_projection = nn.Linear(encoder.config.hidden_size, self.config.embedding_dim, bias=False)
             nn.init.normal_(self.query_projection.weight, std=encoder.config.hidden_size**-0.5)
             self.query_projection.to(self.device)
+        return self
+
+    def attach_query_adapter(self):
+        """Give the model a trainable query adapter: a linear map `(dim, dim)` on the query embeddings, at identity,
+        which training fits against the index (for queries embedded by `encoder_name_or_path`). Returns the model."""
+        if self.query_encoder is not None:
+            raise ValueError("The model has its own query encoder, which the training already fits to the index; a "
+                             "query adapter is for queries embedded by the document encoder.")
+        self.config.query_adapter = True
+        self.query_adapter = nn.Parameter(torch.eye(self.config.embedding_dim, device=self.device))
         return self
 
     # ----- construction from faiss -----
@@ -214,7 +231,8 @@ class DistillVQModel(DistillVQPreTrainedModel):
 
         Its scores equal `forward(...).pq_scores` (for l2, faiss returns squared distances, i.e. `-pq_scores`). PQ
         exports `config.index_factory_string`; RQ exports the same codes in a PQ-speed `IndexIVFPQ` over the
-        repeated query (`quantizers.residual.lifted_ivfpq`).
+        repeated query (`quantizers.residual.lifted_ivfpq`). A query adapter becomes the index's first transform, so
+        the index takes the queries as the encoder embeds them (see `faiss_bridge.build_faiss_index`).
         """
         list_ids = codes = None
         if doc_embeddings is not None:
@@ -227,6 +245,7 @@ class DistillVQModel(DistillVQPreTrainedModel):
             list_ids=list_ids,
             codes=codes,
             nprobe=nprobe or self.config.nprobe,
+            query_adapter=None if self.query_adapter is None else self.query_adapter.detach().cpu().float().numpy(),
         )
 
     # ----- quantization -----
@@ -281,6 +300,13 @@ class DistillVQModel(DistillVQPreTrainedModel):
 
     # ----- queries -----
 
+    def adapt_queries(self, query_embeddings: torch.Tensor) -> torch.Tensor:
+        """`(B, dim) -> (B, dim)`: `A q`, the query adapter (identity without one)."""
+        if self.query_adapter is None:
+            return query_embeddings
+        with torch.autocast(query_embeddings.device.type, enabled=False):
+            return query_embeddings.float() @ self.query_adapter.float().T
+
     def encode_queries(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """`(B, L)` token ids -> `(B, dim)` query embeddings from the model's own query encoder."""
         if self.query_encoder is None:
@@ -321,7 +347,8 @@ class DistillVQModel(DistillVQPreTrainedModel):
         """Score queries against documents with the teacher, the IVF student and the PQ student.
 
         Args:
-            query_embeddings: `(B, dim)`; or give `input_ids (B, L)` to embed queries with the query encoder.
+            query_embeddings: `(B, dim)` (mapped by the query adapter when the model has one, which makes the given
+                embeddings the teacher's); or give `input_ids (B, L)` to embed queries with the query encoder.
             doc_embeddings: `(N, dim)` shared by all queries (scores `(B, N)`) or `(B, K, dim)` per query
                 (scores `(B, K)`); the teacher's document embeddings.
             codeword_temperature: soft-assignment temperature for the PQ gradients (see `quantize_residuals`).
@@ -335,10 +362,13 @@ class DistillVQModel(DistillVQPreTrainedModel):
         if query_embeddings is None:
             query_embeddings = self.encode_queries(input_ids, attention_mask, token_type_ids)
         student_scores = None
-        if teacher_query_embeddings is None:
-            teacher_query_embeddings = query_embeddings
-        else:
+        if self.query_adapter is not None:  # the given queries are the teacher's, unless the teacher's are given too
+            teacher_query_embeddings = query_embeddings if teacher_query_embeddings is None else teacher_query_embeddings
+            query_embeddings = self.adapt_queries(query_embeddings)
+        elif teacher_query_embeddings is not None:
             student_scores = pairwise_scores(query_embeddings, doc_embeddings, self.config.metric)
+        else:
+            teacher_query_embeddings = query_embeddings
         flat_docs = doc_embeddings.reshape(-1, doc_embeddings.shape[-1])
         rotated_docs = self.rotate(flat_docs)
         centroids = self.ivf_centroids[self.assign_lists(rotated_docs) if doc_list_ids is None else doc_list_ids]
@@ -356,6 +386,21 @@ class DistillVQModel(DistillVQPreTrainedModel):
                                                                                           doc_attention_mask),
             codeword_temperature=temperature,
         )
+
+
+def check_layers(layers: Sequence[int], num_layers: int, encoder_name: str) -> None:
+    """Refuse a list of layers to keep that is empty, repeats a layer or names one outside `0..num_layers-1`."""
+    if not layers or len(set(layers)) < len(layers) or not all(0 <= number < num_layers for number in layers):
+        raise ValueError(f"The layers {list(layers)} are not possible: {encoder_name} has {num_layers} layers "
+                         f"(encoder.layer), numbered 0 to {num_layers - 1}; give distinct numbers.")
+
+
+def _without_pooler(encoder: nn.Module) -> nn.Module:
+    """The encoder without its pooler (BERT's `pooler`), whose output queries never use: it would get no gradient,
+    which distributed training (`ddp_find_unused_parameters=False`) refuses."""
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
 
 
 def _shape_mismatches(pretrained_model_name_or_path, kwargs) -> str:
@@ -377,4 +422,4 @@ def _shape_mismatches(pretrained_model_name_or_path, kwargs) -> str:
 _FAISS_FIELDS = {"embedding_dim", "num_lists", "quantizer", "num_subvectors", "num_codebooks", "bits_per_subvector",
                  "beam_size", "use_rotation", "metric"}
 
-__all__ = ["DistillVQModel", "DistillVQPreTrainedModel", "DistillVQOutput", "pairwise_scores"]
+__all__ = ["DistillVQModel", "DistillVQPreTrainedModel", "DistillVQOutput", "check_layers", "pairwise_scores"]

@@ -7,6 +7,7 @@ deleting what the run does not own), checked when read back.
     results.json, results.md         the evaluation of exact search, faiss and distill-vq
     recall.png                       a bar chart of those results
     README.md, model_card_data.json  the model card and its facts (see `model_card`)
+    tokenizer.json, ...              the query encoder's tokenizer, when the model trained its own query encoder
     checkpoints/                     the Trainer's last checkpoints and `run_signature.json`, for resuming
 
 Writing a folder X (`staged_folder`): the run holds the lock file `.X.lock` beside X (it names the run's process; a
@@ -61,9 +62,10 @@ CHECKPOINTS_DIR = "checkpoints"
 RUN_SIGNATURE_FILE = "run_signature.json"
 TRAINER_STATE_FILE = "trainer_state.json"  # a checkpoint is complete once the Trainer has written it, last
 CHECKSUMMED_FILES = (INDEX_FILE, DOC_IDS_FILE)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 OWNED_NAMES = frozenset({
     CONFIG_NAME, SAFE_WEIGHTS_NAME, INDEX_FILE, DOC_IDS_FILE, INDEX_CONFIG_FILE, RESULTS_FILE, RESULTS_MARKDOWN_FILE,
-    CHART_FILE, CARD_FILE, CARD_DATA_FILE, CHECKPOINTS_DIR,
+    CHART_FILE, CARD_FILE, CARD_DATA_FILE, CHECKPOINTS_DIR, *TOKENIZER_FILES,
 })
 CHART_METRICS = ("recall_vs_exact@10", "recall_vs_exact@100", "mrr@10", "ndcg@10")
 REWRITE = "restore the folder from a copy, or write it again with `distill-vq train`"

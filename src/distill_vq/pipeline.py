@@ -34,6 +34,7 @@ from .evaluation import compare_indexes, evaluation_cutoffs
 from .faiss_bridge import documents_needed, flat_index
 from .io_utils import is_hub_id
 from .modeling_distill_vq import DistillVQModel
+from .query_encoding import ModelQueryEncoder, check_query_encoder, query_encoder_for, query_tokenizer
 from .output_folder import (
     CHECKPOINTS_DIR, INDEX_CONFIG_FILE, TRAINER_STATE_FILE, check_results_dir, check_run_signature, last_checkpoint,
     read_output_folder, staged_folder, write_index_files, write_results, write_run_signature,
@@ -64,6 +65,11 @@ class TrainSettings:
         doc_embeddings / query_embeddings: `.npy` files of precomputed embeddings, rows in file order.
         num_lists: IVF lists (default: `auto_num_lists(num_docs)`); quantizer, num_subvectors, num_codebooks,
         bits_per_subvector, use_rotation, nprobe: the index (see `DistillVQConfig`).
+        query_adapter: train a linear map of the query embeddings against the index (`DistillVQModel.
+            attach_query_adapter`); for queries that arrive as embeddings.
+        train_query_encoder: train a copy of `encoder` as the query encoder against the index (Distill-VQ's joint
+            mode); student_layers / student_encoder: train a smaller query encoder instead (EmbedDistill), the
+            layers `student_layers` of `student_encoder` (default: `encoder`). The documents stay the teacher's.
         seed: seeds faiss, the query split and training.
         output_dir / overwrite_output_dir: where to write (see `output_folder.staged_folder`), and whether a non-empty
             folder that is not an earlier output folder may be written into (its other files are kept).
@@ -84,9 +90,20 @@ class TrainSettings:
     bits_per_subvector: int = 8
     use_rotation: bool = True
     nprobe: int | None = None
+    query_adapter: bool = False
+    train_query_encoder: bool = False
+    student_layers: list[int] | None = None
+    student_encoder: str | None = None
     seed: int = 42
     output_dir: str = DEFAULT_OUTPUT_DIR
     overwrite_output_dir: bool = False
+
+    @property
+    def query_encoder(self) -> str | None:
+        """The encoder the trained query encoder starts from, or None when the queries keep the teacher's."""
+        if self.train_query_encoder or self.student_layers is not None or self.student_encoder is not None:
+            return self.student_encoder or self.encoder
+        return None
 
 
 @dataclass
@@ -134,6 +151,17 @@ def check_settings(settings: TrainSettings, task: RetrievalTask) -> None:
                                                for score in judged.values()):
         raise DataError(f"The qrels '{task.eval_name}' judge no document relevant (every score is <= 0), so MRR and "
                         "NDCG cannot be computed; pass qrels whose relevant documents have scores > 0.")
+    if settings.query_encoder is None:
+        return
+    if settings.query_adapter:
+        raise DataError("--query-adapter maps the document encoder's query embeddings, but --train-query-encoder / "
+                        "--student-* train a query encoder of their own; keep one of the two.")
+    if settings.query_embeddings is not None or (task.pseudo_queries and settings.doc_embeddings is not None):
+        given = "--query-embeddings" if settings.query_embeddings is not None else "--doc-embeddings"
+        raise DataError(f"A query encoder learns from the teacher's query embeddings of the query texts, but {given} "
+                        "comes from an encoder it cannot copy; drop it so that --encoder embeds the queries, or use "
+                        "--query-adapter with your own embeddings.")
+    check_query_encoder(settings.query_encoder, settings.student_layers)
 
 
 def embed_task(task: RetrievalTask, settings: TrainSettings, encoder_name: str | None = None,
@@ -191,24 +219,40 @@ def build_config(settings: TrainSettings, num_docs: int, embedding_dim: int, enc
     return config
 
 
-def training_queries(query_embeddings, train_rows: np.ndarray, doc_embeddings, seed: int) -> np.ndarray:
-    """`(num_train, dim)` teacher query embeddings to train on: the training queries, or when there are none, up
-    to `MAX_PSEUDO_QUERIES` random documents as pseudo-queries."""
-    if len(train_rows):
-        return np.asarray(query_embeddings[train_rows], dtype=np.float32)
-    count = min(len(doc_embeddings), MAX_PSEUDO_QUERIES)
-    rows = np.sort(np.random.default_rng(seed).choice(len(doc_embeddings), count, replace=False))
-    return np.asarray(doc_embeddings[rows], dtype=np.float32)
+def training_queries(task: RetrievalTask, embeddings: TaskEmbeddings, train_rows: np.ndarray, seed: int,
+                     with_texts: bool = False) -> Dataset:
+    """The queries to train on: the training queries, or when there are none, up to `MAX_PSEUDO_QUERIES` random
+    documents as pseudo-queries; a `query_embedding` column (the teacher's) and, `with_texts`, their `query` text."""
+    texts = task.queries
+    if not len(train_rows):
+        count = min(len(embeddings.docs), MAX_PSEUDO_QUERIES)
+        train_rows = np.sort(np.random.default_rng(seed).choice(len(embeddings.docs), count, replace=False))
+        texts = task.corpus
+    vectors = embeddings.queries if texts is task.queries else embeddings.docs
+    columns = {"query_embedding": np.asarray(vectors[train_rows], dtype=np.float32)}
+    if with_texts:
+        columns["query"] = texts.select(train_rows)["text"]
+    return Dataset.from_dict(columns)
+
+
+def query_side(settings: TrainSettings) -> str:
+    """What embeds the queries the index is searched with, for the run signature, results and card."""
+    if settings.query_adapter:
+        return "query adapter"
+    if settings.query_encoder is None:
+        return "document encoder"
+    layers = "" if settings.student_layers is None else f", layers {','.join(map(str, settings.student_layers))}"
+    return f"query encoder from {recorded_source(resolve_encoder(settings.query_encoder)[0])}{layers}"
 
 
 def run_signature(task: RetrievalTask, embeddings: TaskEmbeddings, config: DistillVQConfig, num_train_queries: int,
-                  num_processes: int) -> dict:
+                  num_processes: int, queries_by: str = "document encoder") -> dict:
     """What a run trains on, recorded beside its checkpoints; a resume must match it (`check_run_signature`)."""
     return {
         "num_docs": len(task.doc_ids), "doc_ids_sha256": hashlib.sha256(json.dumps(task.doc_ids).encode()).hexdigest(),
         "encoder": embeddings.encoder_name, "embedding_dim": config.embedding_dim,
         "num_train_queries": num_train_queries, "index_factory": config.index_factory_string, "metric": config.metric,
-        "num_processes": num_processes,
+        "num_processes": num_processes, "queries_by": queries_by,
     }
 
 
@@ -230,20 +274,26 @@ def resume_checkpoint(value: str | None, output_dir: str | Path) -> str | None:
     return str(checkpoint)
 
 
-def distill(model: DistillVQModel, train_queries: np.ndarray, doc_embeddings, training_args: DistillVQTrainingArguments,
-            resume_from_checkpoint: str | bool | None = None) -> DistillVQTrainer:
-    """Train `model` in place on `train_queries (num_train, dim)` against `doc_embeddings`; return the trainer."""
-    trainer = DistillVQTrainer(model, training_args, Dataset.from_dict({"query_embedding": train_queries}),
-                               doc_embeddings)
+def distill(model: DistillVQModel, train_queries: np.ndarray | Dataset, doc_embeddings,
+            training_args: DistillVQTrainingArguments, resume_from_checkpoint: str | bool | None = None,
+            tokenizer=None) -> DistillVQTrainer:
+    """Train `model` in place on `train_queries` (teacher embeddings `(num_train, dim)`, or a `Dataset` such as
+    `training_queries`'s) against `doc_embeddings`; return the trainer. A model with a query encoder needs the
+    `query` texts and the encoder's `tokenizer`."""
+    if not isinstance(train_queries, Dataset):
+        train_queries = Dataset.from_dict({"query_embedding": train_queries})
+    trainer = DistillVQTrainer(model, training_args, train_queries, doc_embeddings, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 
 def evaluation_facts(task: RetrievalTask, indexes: dict, embeddings: TaskEmbeddings, eval_rows: np.ndarray,
-                     config: DistillVQConfig) -> dict:
-    """The evaluation's setting and one result row per index (for results.json, results.md and the card)."""
+                     config: DistillVQConfig, index_queries: dict[str, np.ndarray] | None = None) -> dict:
+    """The evaluation's setting and one result row per index (for results.json, results.md and the card); an index
+    named in `index_queries` is searched with those query embeddings (a trained query encoder's) instead of the
+    teacher's."""
     metrics = compare_indexes(indexes, embeddings.docs, task.doc_ids, embeddings.queries[eval_rows],
-                              task.qrels_for(eval_rows), config.metric)
+                              task.qrels_for(eval_rows), config.metric, index_queries)
     bytes_per_vector = {EXACT: 4 * config.embedding_dim}
     return {
         "corpus_name": task.corpus_name, "num_docs": len(embeddings.docs), "num_eval_queries": len(eval_rows),
@@ -270,14 +320,17 @@ def gain_summary(rows: list[dict], baseline_name: str, bytes_per_vector: float) 
 
 
 def write_output_folder(folder: Path, model: DistillVQModel, index, task: RetrievalTask, settings: TrainSettings,
-                        results: dict) -> str:
-    """Write the model with its card, the index files and the results into `folder`; return the results table."""
+                        results: dict, tokenizer=None) -> str:
+    """Write the model with its card (and its query encoder's `tokenizer`), the index files and the results into
+    `folder`; return the results table."""
     card_data = model.model_card_data  # attached and filled by DistillVQTrainer's card callback
     card_data.model_id = card_data.model_id or str(settings.output_dir)
     card_data.set_evaluation(results["results"], corpus_name=results["corpus_name"], num_docs=results["num_docs"],
                              eval_name=results["eval_name"], num_eval_queries=results["num_eval_queries"],
                              summary=results["summary"], dataset_id=results["dataset_id"])
     model.save_pretrained(folder)  # config.json, model.safetensors, README.md, model_card_data.json
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
     write_index_files(folder, index, task.doc_ids, {
         "index_factory": model.config.index_factory_string, "nprobe": model.config.nprobe,
         "num_docs": len(task.doc_ids), "corpus": recorded_source(task.corpus_source),
@@ -309,9 +362,11 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
         docs = embeddings.docs
         config = build_config(settings, len(docs), docs.shape[1], embeddings.encoder_name, embeddings.encoder_revision)
         train_rows, eval_rows = task.split_queries(settings.seed)
-        train_queries = training_queries(embeddings.queries, train_rows, docs, settings.seed)
+        train_queries = training_queries(task, embeddings, train_rows, settings.seed,
+                                         with_texts=settings.query_encoder is not None)
         train_name = "training queries" if len(train_rows) else "documents as pseudo-queries (every query is judged)"
-        signature = run_signature(task, embeddings, config, len(train_queries), state.num_processes)
+        queries_by = query_side(settings)
+        signature = run_signature(task, embeddings, config, len(train_queries), state.num_processes, queries_by)
         if checkpoint is not None:
             check_run_signature(checkpoint, signature)
         training_args.output_dir = str(folder / CHECKPOINTS_DIR)
@@ -323,20 +378,31 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
         model = DistillVQModel.from_embeddings(docs, config, seed=settings.seed)  # DDP broadcasts the main process's
         baseline_name = f"faiss {config.index_factory_string}"
         baseline_index = model.to_faiss(docs) if state.is_main_process else None
+        tokenizer = None
+        if settings.query_adapter:
+            model.attach_query_adapter()
+        elif settings.query_encoder is not None:
+            model.attach_query_encoder(settings.query_encoder, layers=settings.student_layers)
+            tokenizer = query_tokenizer(settings.query_encoder)
         length = f"{training_args.max_steps} steps" if training_args.max_steps > 0 else \
             f"{training_args.num_train_epochs:g} epochs"
         progress(f"Distilling exact search into the index: {length} of {training_args.per_device_train_batch_size} "
-                 f"x {state.num_processes} of {len(train_queries)} {train_name} ({training_args.loss} loss)")
+                 f"x {state.num_processes} of {len(train_queries)} {train_name} ({training_args.loss} loss; queries "
+                 f"by the {queries_by})")
         start = time.perf_counter()
-        trainer = distill(model, train_queries, docs, training_args, checkpoint)
+        trainer = distill(model, train_queries, docs, training_args, checkpoint, tokenizer)
         training_seconds = time.perf_counter() - start
         if not state.is_main_process:
             return None
         indexes = {EXACT: flat_index(docs, config.metric), baseline_name: baseline_index,
                    DISTILLED: model.to_faiss(docs)}
         progress(f"Evaluating exact search, faiss and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
+        index_queries = None
+        if tokenizer is not None:  # the distilled index is searched with the trained query encoder's queries
+            query_texts = task.queries.select(eval_rows)["text"]
+            index_queries = {DISTILLED: ModelQueryEncoder(model, tokenizer).encode(query_texts, show_progress=False)}
         results = {
-            **evaluation_facts(task, indexes, embeddings, eval_rows, config),
+            **evaluation_facts(task, indexes, embeddings, eval_rows, config, index_queries),
             "num_train_queries": len(train_queries), "base_model": embeddings.encoder_name,
             "dataset_id": _hub_dataset_id(task.corpus_source), "index_factory": config.index_factory_string,
             "num_lists": config.num_lists, "quantizer": config.quantizer, "num_codes": config.num_codes,
@@ -346,11 +412,12 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
             "training_steps": trainer.state.global_step,
             "batch_size": training_args.per_device_train_batch_size * state.num_processes,
             "num_processes": state.num_processes, "training_seconds": round(training_seconds, 1),
+            "queries_by": queries_by,
         }
         headline = gain_summary(results["results"], baseline_name, config.bytes_per_vector)
         results["summary"] = headline[0].upper() + headline[1:] + "."
         progress(f"Writing {settings.output_dir}")
-        table = write_output_folder(folder, model, indexes[DISTILLED], task, settings, results)
+        table = write_output_folder(folder, model, indexes[DISTILLED], task, settings, results, tokenizer)
         if not any(folder.glob(f"{CHECKPOINTS_DIR}/checkpoint-*")):  # save_strategy="no": only the signature
             shutil.rmtree(folder / CHECKPOINTS_DIR, ignore_errors=True)
     return TrainRun(Path(settings.output_dir), results, headline, table)
@@ -362,6 +429,9 @@ def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
     with) and write the results to `results_dir`; return the results table."""
     check_results_dir(results_dir)
     config, index, doc_ids, index_config = read_output_folder(output_dir, settings.nprobe)
+    if config.query_encoder_config is not None and settings.query_embeddings is not None:
+        raise DataError(f"{output_dir} embeds queries with its own query encoder, so --query-embeddings (another "
+                        "encoder's) cannot search it; drop --query-embeddings.")
     if settings.corpus is None:  # the data the index was trained with
         recorded = _recorded_data(index_config, Path(output_dir) / INDEX_CONFIG_FILE)
         settings.corpus, settings.queries = recorded["corpus"], settings.queries or recorded["queries"]
@@ -381,9 +451,13 @@ def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise DataError(f"{Path(output_dir) / INDEX_CONFIG_FILE}: seed={seed!r} is not an integer; restore the file.")
     _, eval_rows = task.split_queries(seed)
+    index_queries = None
+    if config.query_encoder_config is not None:  # never the teacher's queries for a trained query encoder
+        query_texts = task.queries.select(eval_rows)["text"]
+        index_queries = {DISTILLED: query_encoder_for(output_dir, config).encode(query_texts, show_progress=False)}
     progress(f"Evaluating exact search and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
     results = evaluation_facts(task, {EXACT: flat_index(embeddings.docs, config.metric), DISTILLED: index},
-                               embeddings, eval_rows, config)
+                               embeddings, eval_rows, config, index_queries)
     return write_results(results_dir, results)
 
 
@@ -421,5 +495,6 @@ def _number(value: float) -> int | float:
 __all__ = [
     "DEFAULT_CACHE_DIR", "DEFAULT_OUTPUT_DIR", "TaskEmbeddings", "TrainRun", "TrainSettings", "auto_num_lists",
     "build_config", "check_settings", "distill", "embed_task", "evaluate", "evaluation_facts", "gain_summary",
+    "query_side",
     "resume_checkpoint", "run_signature", "train", "training_queries", "write_output_folder",
 ]

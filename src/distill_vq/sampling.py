@@ -119,8 +119,10 @@ def rms_learning_rate(weight: torch.Tensor, relative_learning_rate: float) -> fl
 
 def learning_rates(model, pq_learning_rate: float | None = None, ivf_learning_rate: float | None = None,
                    pq_relative_learning_rate: float = 1e-2, ivf_relative_learning_rate: float = 6e-4,
-                   query_encoder_learning_rate: float = 5e-6) -> dict[str, float]:
-    """Learning rate of each weight group of a `DistillVQModel` (`codebooks`, `ivf_centroids`, `query_encoder`):
+                   query_encoder_learning_rate: float = 5e-6, query_adapter_learning_rate: float = 1e-4
+                   ) -> dict[str, float]:
+    """Learning rate of each weight group of a `DistillVQModel` (`codebooks`, `ivf_centroids`, `query_encoder`,
+    `query_adapter`):
     the one given, or for the codebooks and the centroids a relative rate times the weight's RMS (the paper's
     absolute rates, 1e-4 and 1e-3, were set for embeddings whose scores span tens of units)."""
     if pq_learning_rate is None:
@@ -128,7 +130,7 @@ def learning_rates(model, pq_learning_rate: float | None = None, ivf_learning_ra
     if ivf_learning_rate is None:
         ivf_learning_rate = rms_learning_rate(model.ivf_centroids, ivf_relative_learning_rate)
     return {"codebooks": pq_learning_rate, "ivf_centroids": ivf_learning_rate,
-            "query_encoder": query_encoder_learning_rate}
+            "query_encoder": query_encoder_learning_rate, "query_adapter": query_adapter_learning_rate}
 
 
 __all__ = ["CandidateMiner", "exact_search", "learning_rates", "rms_learning_rate", "teacher_score_spread"]

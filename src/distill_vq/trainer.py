@@ -73,6 +73,9 @@ class DistillVQTrainingArguments(TrainingArguments):
     pq_relative_learning_rate: float = field(default=1e-2, metadata={"help": "See pq_learning_rate."})
     ivf_relative_learning_rate: float = field(default=6e-4, metadata={"help": "See ivf_learning_rate."})
     query_encoder_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the query encoder."})
+    query_adapter_learning_rate: float = field(
+        default=1e-4, metadata={"help": "Learning rate of the query adapter (a linear map at identity)."}
+    )
     code_refresh_steps: int = field(
         default=50, metadata={"help": "RQ: the documents' codes (faiss's beam search, too slow for every step) are "
                                       "held fixed and re-encoded with the current codebooks every this many steps."}
@@ -324,10 +327,13 @@ class DistillVQTrainer(Trainer):
             pq_relative_learning_rate=args.pq_relative_learning_rate,
             ivf_relative_learning_rate=args.ivf_relative_learning_rate,
             query_encoder_learning_rate=args.query_encoder_learning_rate,
+            query_adapter_learning_rate=args.query_adapter_learning_rate,
         )
         rates = {name: rate if name in self.loss.trained_weights else 0.0 for name, rate in rates.items()}
         weights = {"codebooks": [model.codebooks], "ivf_centroids": [model.ivf_centroids],
-                   "query_encoder": [p for n, p in model.named_parameters() if n.startswith("query_")]}
+                   "query_encoder": [param for name, param in model.named_parameters()
+                                     if name.startswith(("query_encoder.", "query_projection."))],
+                   "query_adapter": [] if model.query_adapter is None else [model.query_adapter]}
         groups = []
         for name, params in weights.items():
             for param in params:
