@@ -8,6 +8,7 @@ Modules, from the ground floor up (each imports only modules listed above it):
     faiss_bridge.py              exact faiss <-> weights conversion, faiss's own training, flat index
     encoding.py                  text encoder (sentence-transformers folders) and the embedding cache
     modeling_distill_vq.py       DistillVQModel: differentiable IVF + codes, scored exactly as the exported index
+    query_encoding.py            what embeds a model's queries: its own trained query encoder, or the document encoder
     sampling.py                  exact search, candidate mining, data-derived temperature and learning rates
     losses.py                    ranking / embedding-matching losses and DistillVQLoss, the combined objective
     evaluation.py                recall vs exact, label metrics, QPS, tables

@@ -312,7 +312,8 @@ class DistillVQModel(DistillVQPreTrainedModel):
         if self.query_encoder is None:
             raise ValueError(
                 "This model has no query encoder; pass query_embeddings made by "
-                f"{self.config.encoder_name_or_path or 'the document encoder'} instead of input_ids."
+                f"{self.config.encoder_name_or_path or 'the document encoder'} instead of input_ids "
+                "(distill_vq.query_encoding.query_encoder_for(folder) picks the right encoder for a saved model)."
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
