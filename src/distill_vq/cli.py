@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+import faiss
 import torch
 from transformers import HfArgumentParser
 
@@ -57,6 +59,24 @@ class StepPrinter:
             print(f"[{self.number}/{self.total}] {message}", flush=True)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all cores where that is unknown)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> None:
+    """One thread count for torch and faiss (OpenMP): `threads`, at most the cores available (more would only
+    contend; said in a warning), by default `OMP_NUM_THREADS` when set, else all the cores."""
+    cores = available_cores()
+    if threads is not None and threads > cores:
+        print(f"distill-vq: warning: --threads {threads} is more than the {cores} cores available; using {cores}.",
+              file=sys.stderr)
+    environment = os.environ.get("OMP_NUM_THREADS", "")
+    threads = min(threads or (int(environment) if environment.isdigit() and int(environment) > 0 else cores), cores)
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     value = int(text)
@@ -77,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill-vq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--threads", type=positive_int,
+                        help=f"torch and faiss threads (default: OMP_NUM_THREADS, else the {available_cores()} cores "
+                             "this process may use)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(
@@ -301,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.training_flags = unknown
+    set_threads(args.threads)
     set_hub_timeouts()
     try:
         COMMANDS[args.command](args)

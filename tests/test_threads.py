@@ -1,0 +1,18 @@
+"""`--threads`: one thread count for torch and faiss, capped at the cores available."""
+
+import faiss
+import torch
+
+from distill_vq.cli import available_cores, set_threads
+
+
+def test_threads_set_torch_and_faiss_and_are_capped_at_the_cores(monkeypatch, capsys):
+    try:
+        set_threads(available_cores() + 3)
+        assert "more than the" in capsys.readouterr().err
+        assert torch.get_num_threads() == faiss.omp_get_max_threads() == available_cores()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        set_threads(None)
+        assert torch.get_num_threads() == faiss.omp_get_max_threads() == 1
+    finally:
+        set_threads(1)
