@@ -232,6 +232,8 @@ def run_train(args: argparse.Namespace) -> None:
     if run is not None:
         print(run.table)
         print(f"distill-vq: wrote {args.output_dir} — {run.headline}")
+        for warning in run.warnings:
+            print(f"distill-vq: warning: {warning}")
 
 
 # ----- evaluate -----

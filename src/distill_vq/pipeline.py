@@ -49,6 +49,7 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "distil
 DEFAULT_EVAL_SPLIT = "test"
 MIN_POINTS_PER_LIST = 39  # faiss warns below 39 training points per k-means centroid
 MAX_PSEUDO_QUERIES = 100_000
+MIN_CONFIDENT_QUERIES = 200  # below this many evaluation queries, differences of a few hundredths may be noise
 EXACT, DISTILLED = "exact", "distill-vq"
 # The command's flag for each setting that decides how many documents faiss's training needs.
 FLAG_OF_SETTING = {"num_lists": "--num-lists", "bits_per_subvector": "--bits-per-subvector",
@@ -125,6 +126,7 @@ class TrainRun:
     results: dict
     headline: str
     table: str = field(repr=False, default="")
+    warnings: list[str] = field(default_factory=list)
 
 
 # ----- stages -----
@@ -319,6 +321,20 @@ def gain_summary(rows: list[dict], baseline_name: str, bytes_per_vector: float) 
     return text
 
 
+def headline_warnings(rows: list[dict], baseline_name: str, num_eval_queries: int) -> list[str]:
+    """What the headline's gain does not show: each reported metric that distill-vq makes worse than the baseline,
+    and too few evaluation queries to trust small differences."""
+    by_name = {row["index"]: row for row in rows}
+    before, after = by_name[baseline_name], by_name[DISTILLED]
+    metrics = [name for name in after if name != "qps" and isinstance(after[name], float) and name in before]
+    worse = [f"{name} {before[name]:.3f} -> {after[name]:.3f}" for name in metrics if after[name] < before[name] - 5e-4]
+    warnings = [f"distill-vq is worse than {baseline_name} on {', '.join(worse)}"] if worse else []
+    if num_eval_queries < MIN_CONFIDENT_QUERIES:
+        warnings.append(f"only {num_eval_queries} evaluation queries: differences of a few hundredths may be noise; "
+                        f"evaluate on {MIN_CONFIDENT_QUERIES} or more")
+    return warnings
+
+
 def write_output_folder(folder: Path, model: DistillVQModel, index, task: RetrievalTask, settings: TrainSettings,
                         results: dict, tokenizer=None) -> str:
     """Write the model with its card (and its query encoder's `tokenizer`), the index files and the results into
@@ -416,11 +432,12 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
         }
         headline = gain_summary(results["results"], baseline_name, config.bytes_per_vector)
         results["summary"] = headline[0].upper() + headline[1:] + "."
+        results["warnings"] = headline_warnings(results["results"], baseline_name, len(eval_rows))
         progress(f"Writing {settings.output_dir}")
         table = write_output_folder(folder, model, indexes[DISTILLED], task, settings, results, tokenizer)
         if not any(folder.glob(f"{CHECKPOINTS_DIR}/checkpoint-*")):  # save_strategy="no": only the signature
             shutil.rmtree(folder / CHECKPOINTS_DIR, ignore_errors=True)
-    return TrainRun(Path(settings.output_dir), results, headline, table)
+    return TrainRun(Path(settings.output_dir), results, headline, table, results["warnings"])
 
 
 def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
@@ -495,6 +512,7 @@ def _number(value: float) -> int | float:
 __all__ = [
     "DEFAULT_CACHE_DIR", "DEFAULT_OUTPUT_DIR", "TaskEmbeddings", "TrainRun", "TrainSettings", "auto_num_lists",
     "build_config", "check_settings", "distill", "embed_task", "evaluate", "evaluation_facts", "gain_summary",
+    "headline_warnings",
     "query_side",
     "resume_checkpoint", "run_signature", "train", "training_queries", "write_output_folder",
 ]
