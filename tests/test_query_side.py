@@ -182,8 +182,8 @@ def test_a_query_encoder_without_its_tokenizer_is_refused(student_dir, tmp_path)
         query_encoder_for(tmp_path)
 
 
-def test_a_dataset_with_texts_trains_the_joint_query_encoder(debian_embeddings, tmp_path):
-    """Joint mode in Python: a copy of the teacher as query encoder, trained with the index on a texts Dataset."""
+def test_a_stream_of_texts_trains_the_joint_query_encoder(debian_embeddings, tmp_path):
+    """Joint mode in Python: a copy of the teacher as query encoder, trained with the index on a stream of texts."""
     docs, queries = debian_embeddings
     with gzip.open(DEFAULT_DATA / "queries.jsonl.gz", "rt") as source:
         texts = [json.loads(next(source))["text"] for _ in range(64)]
@@ -194,8 +194,8 @@ def test_a_dataset_with_texts_trains_the_joint_query_encoder(debian_embeddings, 
     args = DistillVQTrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=32,
                                       query_encoder_learning_rate=1e-4, num_teacher_candidates=20, save_strategy="no",
                                       report_to=[], use_cpu=True, disable_tqdm=True)
-    dataset = Dataset.from_dict({"query_embedding": queries[:64], "query": texts})
-    distill(model, dataset, docs, args, tokenizer=query_tokenizer("all-MiniLM-L6-v2"))
+    stream = Dataset.from_dict({"query_embedding": queries[:64], "query": texts}).to_iterable_dataset()
+    distill(model, stream, docs, args, tokenizer=query_tokenizer("all-MiniLM-L6-v2"))
     after = model.query_encoder.state_dict()
     assert any(not torch.equal(before[name], after[name]) for name in before)
     assert model.query_encoder.pooler is None  # no weight without a gradient (distributed training refuses those)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from accelerate import PartialState
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 
 from .configuration_distill_vq import DistillVQConfig
 from .data import DataError, RetrievalTask, load_task, read_embeddings
@@ -276,13 +276,13 @@ def resume_checkpoint(value: str | None, output_dir: str | Path) -> str | None:
     return str(checkpoint)
 
 
-def distill(model: DistillVQModel, train_queries: np.ndarray | Dataset, doc_embeddings,
+def distill(model: DistillVQModel, train_queries: np.ndarray | Dataset | IterableDataset, doc_embeddings,
             training_args: DistillVQTrainingArguments, resume_from_checkpoint: str | bool | None = None,
             tokenizer=None) -> DistillVQTrainer:
-    """Train `model` in place on `train_queries` (teacher embeddings `(num_train, dim)`, or a `Dataset` such as
-    `training_queries`'s) against `doc_embeddings`; return the trainer. A model with a query encoder needs the
+    """Train `model` in place on `train_queries` (teacher embeddings `(num_train, dim)`, or a `Dataset` or stream
+    such as `training_queries`'s) against `doc_embeddings`; return the trainer. A model with a query encoder needs the
     `query` texts and the encoder's `tokenizer`."""
-    if not isinstance(train_queries, Dataset):
+    if isinstance(train_queries, np.ndarray):
         train_queries = Dataset.from_dict({"query_embedding": train_queries})
     trainer = DistillVQTrainer(model, training_args, train_queries, doc_embeddings, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
