@@ -24,7 +24,7 @@ import faiss
 import torch
 from transformers import HfArgumentParser
 
-from . import pipeline
+from . import __version__, pipeline
 from .data import DataError, default_data_path, load_corpus
 from .encoding import DEFAULT_ENCODER_NAME
 from .hub import download_output_dir, hub_error_message, push_output_dir, set_hub_timeouts
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill-vq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"distill-vq {__version__}")
     parser.add_argument("--threads", type=positive_int,
                         help=f"torch and faiss threads (default: OMP_NUM_THREADS, else the {available_cores()} cores "
                              "this process may use)")
