@@ -16,6 +16,7 @@ from distill_vq.cli import main
 from distill_vq.encoding import TextEncoder
 from distill_vq.pipeline import distill
 from distill_vq.query_encoding import ModelQueryEncoder, query_encoder_for, query_tokenizer
+from distill_vq.retriever import Retriever
 from distill_vq.trainer import DistillVQTrainingArguments
 
 NUM_DOCS, NUM_QUERIES = 240, 60
@@ -199,3 +200,13 @@ def test_a_stream_of_texts_trains_the_joint_query_encoder(debian_embeddings, tmp
     after = model.query_encoder.state_dict()
     assert any(not torch.equal(before[name], after[name]) for name in before)
     assert model.query_encoder.pooler is None  # no weight without a gradient (distributed training refuses those)
+
+
+def test_the_retriever_searches_text_with_the_folder_s_query_encoder(student_dir):
+    retriever = Retriever.from_folder(student_dir)
+    hits = retriever.search(["command line tool to compress files", "a font"], k=4)
+    assert len(hits) == 2 and len(hits[0]) == 4 and hits[0][0]["score"] >= hits[0][-1]["score"]
+    embeddings = query_encoder_for(student_dir).encode(["command line tool to compress files"])
+    rows = faiss.read_index(str(student_dir / "index.faiss")).search(embeddings, 4)[1][0]
+    assert [hit["corpus_id"] for hit in hits[0]] == rows.tolist()
+    assert [hit["id"] for hit in hits[0]] == [retriever.doc_ids[row] for row in rows]

@@ -16,6 +16,7 @@ Modules, from the ground floor up (each imports only modules listed above it):
     model_card.py                card data filled by a TrainerCallback, rendered from model_cards/
     trainer.py                   DistillVQTrainer, DistillVQTrainingArguments, the RQ code cache
     output_folder.py, hub.py     the command's output folder; Hub push and download
+    retriever.py                 Retriever: text in, documents out, over an output folder
     query_generation.py          doc2query-style training queries from documents
     pipeline.py                  load -> encode -> initialise -> distil -> export -> evaluate -> write
     cli.py                       the `distill-vq` command: flags and printing over the pipeline

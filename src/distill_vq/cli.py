@@ -31,8 +31,8 @@ from .hub import download_output_dir, hub_error_message, push_output_dir, set_hu
 from .io_utils import is_hub_id
 from .losses import SCORE_LOSSES
 from .quantizers import QUANTIZERS
-from .output_folder import read_output_folder, recover_interrupted_swap
-from .query_encoding import query_encoder_for
+from .output_folder import recover_interrupted_swap
+from .retriever import Retriever
 from .pipeline import DEFAULT_CACHE_DIR, DEFAULT_EVAL_SPLIT, DEFAULT_OUTPUT_DIR, MIN_POINTS_PER_LIST, TrainSettings
 from .trainer import DistillVQTrainingArguments
 
@@ -266,17 +266,13 @@ def _local_output_dir(name: str) -> Path:
 
 def run_search(args: argparse.Namespace) -> None:
     args.output_dir = _local_output_dir(args.output_dir)
-    config, index, doc_ids, index_config = read_output_folder(args.output_dir, args.nprobe)
-    encoder = query_encoder_for(args.output_dir, config)
-    if encoder.embedding_dim != config.embedding_dim:
-        raise DataError(f"{encoder.name} makes {encoder.embedding_dim}-d embeddings but the index holds "
-                        f"{config.embedding_dim}-d ones; the index was trained on embeddings of another encoder.")
-    scores, rows = index.search(encoder.encode([args.query], show_progress=False), min(args.k, len(doc_ids)))
-    texts = _document_texts(args.corpus or index_config.get("corpus"), rows[0], doc_ids)
+    retriever = Retriever.from_folder(args.output_dir, args.nprobe)
+    hits = retriever.search(args.query, args.k)[0]
+    texts = _document_texts(args.corpus or retriever.index_config.get("corpus"), [hit["corpus_id"] for hit in hits],
+                            retriever.doc_ids)
     print(f"{'rank':>4}  {'score':>7}  {'doc id':<12}  text")
-    for rank, (score, row) in enumerate(zip(scores[0], rows[0]), start=1):
-        if row >= 0:
-            print(f"{rank:>4}  {score:7.4f}  {printable(doc_ids[row]):<12}  {printable(texts.get(row, ''))}")
+    for rank, hit in enumerate(hits, start=1):
+        print(f"{rank:>4}  {hit['score']:7.4f}  {printable(hit['id']):<12}  {printable(texts.get(hit['corpus_id'], ''))}")
 
 
 def printable(text: str) -> str:
