@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from huggingface_hub import HfApi
+from local_hub import local_hub  # noqa: F401  (fixture)
 
 from conftest import DATA, DEFAULT_DATA
 from distill_vq import DistillVQConfig, DistillVQModel
@@ -210,3 +212,13 @@ def test_the_retriever_searches_text_with_the_folder_s_query_encoder(student_dir
     rows = faiss.read_index(str(student_dir / "index.faiss")).search(embeddings, 4)[1][0]
     assert [hit["corpus_id"] for hit in hits[0]] == rows.tolist()
     assert [hit["id"] for hit in hits[0]] == [retriever.doc_ids[row] for row in rows]
+
+
+def test_a_pushed_student_is_searched_with_its_own_encoder(student_dir, local_hub, capsys):
+    assert main(["push", str(student_dir), "me/student", "--include-index"]) == 0
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(HfApi().list_repo_files("me/student"))
+    query = "command line tool to compress files"
+    expected = [hit["id"] for hit in Retriever.from_folder(student_dir).search(query, k=5)[0]]
+    capsys.readouterr()
+    assert main(["search", "me/student", query, "-k", "5"]) == 0
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]] == expected
