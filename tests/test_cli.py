@@ -1,8 +1,8 @@
 """The `distill-vq` command: parsing, a train run's output folder, evaluate, search, push, input formats, errors."""
 
 import json
+import runpy
 import shutil
-import subprocess
 import sys
 
 import faiss
@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub import HfApi, ModelCard
 from local_hub import local_hub  # noqa: F401  (fixture)
 
-from conftest import DATA, DEFAULT_DATA
+from conftest import DATA, DEFAULT_DATA, fast_opq
 from distill_vq import DistillVQModel
 from distill_vq.cli import build_parser, main, training_arguments
 from distill_vq.pipeline import auto_num_lists
@@ -28,9 +28,11 @@ OUTPUT_FILES = {"config.json", "model.safetensors", "index.faiss", "doc_ids.json
 
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory):
-    """A train run on the packaged data with its precomputed embeddings."""
+    """A train run on the packaged data with its precomputed embeddings, with the default OPQ rotation (trained
+    with fewer iterations: the tests read the folder, not the rotation's quality)."""
     output_dir = tmp_path_factory.mktemp("run") / "out"
-    assert main(["train", *PRECOMPUTED, *FAST, "--output-dir", str(output_dir)]) == 0
+    with fast_opq():
+        assert main(["train", *PRECOMPUTED, *FAST, "--output-dir", str(output_dir)]) == 0
     return output_dir
 
 
@@ -208,7 +210,8 @@ def test_an_output_folder_is_replaced_whole_and_other_folders_are_refused(tmp_pa
 
 def test_a_failed_run_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
     output_dir = tmp_path / "out"
-    flags = ["train", *PRECOMPUTED, *FAST, "--output-dir", str(output_dir), "--save-strategy", "steps", "--save-steps", "2"]
+    flags = ["train", *tiny_data(tmp_path, "jsonl"), "--no-rotation", "--output-dir", str(output_dir),
+             "--save-strategy", "steps", "--save-steps", "2"]
 
     def die(*args, **kwargs):
         raise RuntimeError("killed while writing")
@@ -226,8 +229,12 @@ def test_a_failed_run_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
     assert (output_dir / "checkpoints" / "checkpoint-6").is_dir() and not staging.exists()
 
 
-def test_the_module_command_exits_with_status_2_and_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "distill_vq", "train", "--corpus", str(tmp_path / "missing.jsonl")],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith("distill-vq: error: ") and "Traceback" not in result.stderr
+def test_the_module_command_exits_with_status_2_and_no_traceback(tmp_path, monkeypatch, capsys):
+    """`python -m distill_vq` run as the interpreter runs it (runpy), in this process: a fresh interpreter costs
+    seconds of imports, and test_hub_faults.py runs `python -m distill_vq` in fresh processes (one line, status 2)."""
+    monkeypatch.setattr(sys, "argv", ["distill_vq", "train", "--corpus", str(tmp_path / "missing.jsonl")])
+    with pytest.raises(SystemExit) as exit_info:  # anything else would reach the interpreter: a traceback
+        runpy.run_module("distill_vq", run_name="__main__", alter_sys=True)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.strip().startswith("distill-vq: error: ") and "Traceback" not in stderr

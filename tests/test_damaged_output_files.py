@@ -8,23 +8,15 @@ import shutil
 import faiss
 import numpy as np
 import pytest
-from conftest import DATA
 
 from distill_vq import DistillVQConfig, DistillVQModel
 from distill_vq.cli import main, printable
 from distill_vq.output_folder import write_index_files
 
-EMBEDDINGS = DATA / "default_data_embeddings"
-TRAIN = ["train", "--doc-embeddings", str(EMBEDDINGS / "docs.npy"), "--query-embeddings",
-         str(EMBEDDINGS / "queries.npy"), "--max-steps", "2", "--num-lists", "16", "--num-subvectors", "8",
-         "--no-rotation", "--disable-tqdm", "true", "--save-strategy", "no"]
-
-
 @pytest.fixture(scope="module")
-def trained_dir(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("run") / "out"
-    assert main([*TRAIN, "--output-dir", str(output_dir)]) == 0
-    return output_dir
+def trained_dir(packaged_run):
+    """A train run on the packaged data (IVF16,PQ8x8; conftest.py's, shared: the tests damage copies of it)."""
+    return packaged_run
 
 
 @pytest.fixture

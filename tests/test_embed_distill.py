@@ -88,8 +88,9 @@ def test_document_embedding_matching_moves_a_symmetric_student_to_the_teacher_do
     before = np.square(student_embeddings(model, tokenizer, [doc_texts[row] for row in held_out]) - docs[held_out])
 
     dataset = Dataset.from_dict({"query_embedding": teacher_queries[:640], "query": query_texts[:640]})
+    # 10 steps of 16 (measured: the distance falls to 0.71 of its start; 20 steps of 32: 0.62, at 3x the time)
     args = DistillVQTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=32, max_steps=20, use_cpu=True, report_to=[], seed=0,
+        output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=10, use_cpu=True, report_to=[], seed=0,
         num_teacher_candidates=10, doc_embedding_matching_weight=1.0, pq_loss_weight=0.0, ivf_loss_weight=0.0,
         query_encoder_learning_rate=5e-4, lr_scheduler_type="constant", save_strategy="no", disable_tqdm=True,
         logging_steps=10,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
+from conftest import fast_opq
 from local_hub import local_hub  # noqa: F401  (fixture)
 from transformers import AutoTokenizer, BertConfig
 
@@ -42,7 +43,8 @@ np.savez(out, scores=scores, rows=rows, **{name: t.numpy() for name, t in model.
 
 @pytest.fixture(scope="module")
 def model(random_embeddings):
-    return DistillVQModel.from_embeddings(random_embeddings[0], DistillVQConfig(**CONFIG))
+    with fast_opq():  # a rotation faiss trains, in 4 OPQ iterations
+        return DistillVQModel.from_embeddings(random_embeddings[0], DistillVQConfig(**CONFIG))
 
 
 def load_in_fresh_process(repo_id, revision, tmp_path, queries):

@@ -133,9 +133,9 @@ def test_combined_loss_returns_the_weighted_named_terms(small_model, batch):
                                                  batch["labels"][labelled])
     torch.testing.assert_close(terms["labels_contrastive"], expected)
     assert set(loss(batch)) == set(terms)  # without return_outputs, the terms alone
-    assert loss.trained_weights == {"codebooks", "ivf_centroids", "query_encoder"}
-    assert DistillVQLoss(small_model, ivf_weight=1.0, pq_weight=0.0).trained_weights == {"ivf_centroids",
-                                                                                         "query_encoder"}
+    assert loss.trained_weights == {"codebooks", "ivf_centroids", "query_encoder", "query_adapter"}
+    assert DistillVQLoss(small_model, ivf_weight=1.0, pq_weight=0.0).trained_weights == {
+        "ivf_centroids", "query_encoder", "query_adapter"}
 
 
 def test_combined_loss_config_and_citations(small_model):

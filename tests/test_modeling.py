@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import fast_opq
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
@@ -15,7 +16,8 @@ SMALL = {"embedding_dim": 32, "num_lists": 16, "num_subvectors": 8, "bits_per_su
 
 @pytest.fixture(scope="module")
 def model(random_embeddings):
-    return DistillVQModel.from_embeddings(random_embeddings[0], DistillVQConfig(use_rotation=True, **SMALL))
+    with fast_opq():  # a rotation faiss trains, in 4 OPQ iterations
+        return DistillVQModel.from_embeddings(random_embeddings[0], DistillVQConfig(use_rotation=True, **SMALL))
 
 
 def test_forward_shapes_and_teacher_scores(model, random_embeddings):

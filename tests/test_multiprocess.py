@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+import multiprocess_training
+from conftest import packaged_slice
 from distill_vq import DistillVQConfig, DistillVQModel
 
 SCRIPT = Path(__file__).parent / "multiprocess_training.py"
@@ -25,8 +27,12 @@ def test_two_processes_match_one_process(debian_embeddings, tmp_path):
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    subprocess.run([*torchrun, str(SCRIPT), str(tmp_path / "init"), str(tmp_path / "two"), "16"], env=env, check=True)
-    subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "init"), str(tmp_path / "one"), "32"], env=env, check=True)
+    two = subprocess.Popen([*torchrun, str(SCRIPT), str(tmp_path / "init"), str(tmp_path / "two"), "16"], env=env)
+    try:  # meanwhile the single process: this one (the script's main, as `python SCRIPT ... 32` runs it)
+        multiprocess_training.main(str(tmp_path / "init"), str(tmp_path / "one"), 32)
+    finally:
+        returncode = two.wait()
+    assert returncode == 0
 
     rank0, metadata = read_rank(tmp_path / "two" / "rank0.safetensors")
     rank1, _ = read_rank(tmp_path / "two" / "rank1.safetensors")
@@ -41,14 +47,14 @@ def test_two_processes_match_one_process(debian_embeddings, tmp_path):
         torch.testing.assert_close(rank0[name], single[name], rtol=0, atol=1e-5)  # updates are ~1e-3
 
 
-def test_accelerate_launch_of_the_command_writes_one_output_folder(tmp_path):
-    embeddings = Path(__file__).parent / "data" / "default_data_embeddings"
+def test_accelerate_launch_of_the_command_writes_one_output_folder(tmp_path, tmp_path_factory):
+    data = packaged_slice(tmp_path_factory.mktemp("data"))  # 1000 documents, 400 queries
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     config = Path(__file__).parents[1] / "examples" / "accelerate" / "cpu_2_processes.yaml"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
-               "0", "-m", "distill_vq", "train", "--doc-embeddings", str(embeddings / "docs.npy"),
-               "--query-embeddings", str(embeddings / "queries.npy"), "--max-steps", "3", "--batch-size", "16",
-               "--num-lists", "16", "--num-subvectors", "8", "--disable-tqdm", "true", "--output-dir", str(tmp_path / "out")]
+               "0", "-m", "distill_vq", "train", *data, "--max-steps", "3", "--batch-size", "16",
+               "--num-lists", "16", "--num-subvectors", "8", "--no-rotation", "--disable-tqdm", "true", "--output-dir",
+               str(tmp_path / "out")]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())

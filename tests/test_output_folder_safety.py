@@ -4,14 +4,16 @@ interrupts is put back by the next command."""
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, packaged_slice
 
 from distill_vq.cli import main
 from distill_vq.data import DataError
@@ -24,24 +26,6 @@ PRECOMPUTED = ["--doc-embeddings", str(EMBEDDINGS / "docs.npy"), "--query-embedd
 TRAIN = ["train", *PRECOMPUTED, "--max-steps", "2", "--num-lists", "16", "--num-subvectors", "8", "--no-rotation",
          "--disable-tqdm", "true"]
 
-KILL_DURING_SWAP = """
-import os, signal, sys
-from pathlib import Path
-from distill_vq.output_folder import staged_folder
-
-output_dir, moment = Path(sys.argv[1]), sys.argv[2]
-real_replace = os.replace
-
-def replace(source, target):  # SIGKILL this process right after the chosen step of the swap
-    real_replace(source, target)
-    if moment == Path(target).name or moment == "old" and str(target).endswith(".old"):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-os.replace = replace
-with staged_folder(output_dir) as folder:
-    (folder / "index_config.json").write_text('{"run": "new"}')
-    (folder / "results.json").write_text('{"run": "new"}')
-"""
 
 
 def earlier_run(folder, with_user_files=True):
@@ -83,14 +67,16 @@ def test_a_rerun_keeps_the_files_it_does_not_own(tmp_path):
     assert {"evaluation", "src"}.isdisjoint(OWNED_NAMES)
 
 
-def test_the_command_rerun_keeps_src_and_the_evaluation(tmp_path):
+def test_the_command_rerun_keeps_src_and_the_evaluation(tmp_path, tmp_path_factory):
     output_dir = tmp_path / "out"
-    assert main([*TRAIN, "--output-dir", str(output_dir)]) == 0
+    data = packaged_slice(tmp_path_factory.mktemp("data"))  # 1000 documents: the folder is tested, not the data
+    train = [*TRAIN, *data]  # the later flags win
+    assert main([*train, "--output-dir", str(output_dir)]) == 0
     (output_dir / "src").mkdir()
     (output_dir / "src" / "notes.py").write_text("# mine")
-    assert main(["evaluate", str(output_dir), *PRECOMPUTED]) == 0
+    assert main(["evaluate", str(output_dir), *data]) == 0
     evaluation = (output_dir / "evaluation" / "results.json").read_text()
-    assert main([*TRAIN, "--output-dir", str(output_dir), "--seed", "7"]) == 0
+    assert main([*train, "--output-dir", str(output_dir), "--seed", "7"]) == 0
     assert json.loads((output_dir / "index_config.json").read_text())["seed"] == 7
     assert (output_dir / "src" / "notes.py").read_text() == "# mine"
     assert (output_dir / "evaluation" / "results.json").read_text() == evaluation
@@ -167,15 +153,32 @@ MOMENTS = {"old": "after-moving-the-old-folder-aside", "src": "after-carrying-sr
            "out": "after-the-new-folder-is-in-place"}
 
 
+def swap_and_die(output_dir, moment):
+    """A run's swap of a new output folder into `output_dir`, SIGKILLed right after the chosen step of the swap."""
+    real_replace = os.replace
+
+    def replace(source, target):
+        real_replace(source, target)
+        if moment == Path(target).name or moment == "old" and str(target).endswith(".old"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.replace = replace
+    with staged_folder(output_dir) as folder:
+        new_run(folder)
+
+
 def test_a_swap_killed_by_sigkill_is_put_back_by_the_next_command(tmp_path, caplog):
     killed = {}
     for moment in MOMENTS:  # one process per moment of the swap, killed there, all at once
         earlier_run(tmp_path / moment / "out")
-        script = [sys.executable, "-c", KILL_DURING_SWAP, str(tmp_path / moment / "out"), moment]
-        killed[moment] = subprocess.Popen(script)
+        # forked from this process (distill_vq already imported): a fresh interpreter would spend seconds importing
+        killed[moment] = multiprocessing.get_context("fork").Process(
+            target=swap_and_die, args=(tmp_path / moment / "out", moment))
+        killed[moment].start()
     for moment, process in killed.items():
         folder, output_dir = tmp_path / moment, tmp_path / moment / "out"
-        assert process.wait() == -signal.SIGKILL, MOMENTS[moment]
+        process.join()
+        assert process.exitcode == -signal.SIGKILL, MOMENTS[moment]
         assert any(path.name.endswith(".old") for path in folder.iterdir())
         caplog.clear()
         with caplog.at_level(logging.WARNING):

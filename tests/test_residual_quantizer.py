@@ -10,12 +10,12 @@ from datasets import Dataset
 from distill_vq import DistillVQConfig, DistillVQModel
 from distill_vq.trainer import DistillVQTrainer, DistillVQTrainingArguments
 
-NUM_DOCS = 2000
+NUM_DOCS = 1000  # faiss trains IVF8,RQ4x8 on them in 4 s (2000: 7.5 s)
 
 
 @pytest.fixture(scope="module")
 def rq_index(debian_embeddings):
-    """faiss's own `IVF8,RQ4x8_Nnone` (4 bytes per vector) trained on 2000 Debian documents, with them added."""
+    """faiss's own `IVF8,RQ4x8_Nnone` (4 bytes per vector) trained on NUM_DOCS Debian documents, with them added."""
     docs = debian_embeddings[0][:NUM_DOCS]
     index = faiss.index_factory(384, "IVF8,RQ4x8_Nnone", faiss.METRIC_INNER_PRODUCT)
     index.train(docs)

@@ -91,11 +91,10 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys, no_long_work):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("run") / "out"
-    assert main([*TRAIN, "--output-dir", str(output_dir)]) == 0
-    assert (output_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
-    return output_dir
+def finished_run(packaged_run):
+    """A run with TRAIN's flags (conftest.py's, shared: the refused resumes leave it as it is)."""
+    assert (packaged_run / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    return packaged_run
 
 
 @pytest.mark.parametrize("flags, difference", [
