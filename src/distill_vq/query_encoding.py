@@ -9,6 +9,7 @@ index's first transform, so that index takes the document encoder's query embedd
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -44,7 +45,17 @@ class ModelQueryEncoder(TextEncoder):
         self.normalize = model.config.normalize_query_embeddings
         self.max_seq_length = max_seq_length
         self.embedding_dim = model.config.embedding_dim
-        self.fingerprint = _weights_fingerprint(model)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the query encoder's config and weights (the embedding cache's key), computed when a cache asks:
+        hashing the weights would otherwise slow every search's start."""
+        digest = hashlib.sha256(self.model.config.to_json_string().encode())
+        for name, tensor in self.model.state_dict().items():
+            if name.startswith(("query_encoder.", "query_projection.")):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def embed_tokens(self, tokens) -> torch.Tensor:
         """Tokenized queries -> `(batch, dim)`: `model.encode_queries` (pooling, projection, normalisation)."""
@@ -68,7 +79,7 @@ def check_query_encoder(name_or_path: str, layers: list[int] | None = None) -> N
         if num_layers is None:
             raise ValueError(f"{name_or_path} has no layer count (num_hidden_layers) to cut; drop --student-layers.")
         check_layers(layers, num_layers, name_or_path)
-    check_tokenizer(AutoTokenizer.from_pretrained(location), config.vocab_size, name_or_path)
+    check_tokenizer(query_tokenizer(name_or_path), config.vocab_size, name_or_path)
 
 
 def query_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -88,16 +99,6 @@ def query_encoder_for(folder: str | Path, config: DistillVQConfig | None = None)
         raise ValueError(f"{folder} carries a query encoder but not its tokenizer ({error}); save the tokenizer "
                          "with the model (tokenizer.save_pretrained), or train the folder again.") from None
     return ModelQueryEncoder(DistillVQModel.from_pretrained(folder), tokenizer)
-
-
-def _weights_fingerprint(model: DistillVQModel) -> str:
-    """sha256 of the query encoder's config and weights (the embedding cache's key)."""
-    digest = hashlib.sha256(model.config.to_json_string().encode())
-    for name, tensor in model.state_dict().items():
-        if name.startswith(("query_encoder.", "query_projection.")):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 __all__ = ["ModelQueryEncoder", "check_query_encoder", "check_tokenizer", "query_encoder_for", "query_tokenizer"]
