@@ -1,12 +1,17 @@
-"""Flags of the whole command: `--threads` (one thread count for torch and faiss, capped at the cores available)
-and `--version`."""
+"""Flags of the whole command: `--threads` (one thread count for torch and faiss, capped at the cores available),
+`--version`, and a `--help` that loads no torch."""
+
+import subprocess
+import sys
 
 import faiss
 import pytest
 import torch
 
 import distill_vq
-from distill_vq.cli import available_cores, main, set_threads
+from distill_vq.cli import DISTILLATION_LOSSES, QUANTIZER_NAMES, available_cores, main, set_threads
+from distill_vq.losses import SCORE_LOSSES
+from distill_vq.quantizers import QUANTIZERS
 
 
 def test_threads_set_torch_and_faiss_and_are_capped_at_the_cores(monkeypatch, capsys):
@@ -25,3 +30,21 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"distill-vq {distill_vq.__version__}"
+
+
+def test_help_and_version_load_neither_torch_nor_transformers():
+    code = ("import sys; from distill_vq.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['--version']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit as exit_info: assert exit_info.code == 0\n"
+            "heavy = sorted(name for name in ('torch', 'transformers', 'faiss', 'datasets') if name in sys.modules)\n"
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--num-lists" in result.stdout and f"distill-vq {distill_vq.__version__}" in result.stdout
+
+
+def test_the_choices_in_help_are_the_librarys():
+    """The command spells the loss and quantizer names out (importing them would load torch for `--help`)."""
+    assert set(DISTILLATION_LOSSES) == set(SCORE_LOSSES) - {"contrastive"}
+    assert set(QUANTIZER_NAMES) == set(QUANTIZERS)

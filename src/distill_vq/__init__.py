@@ -3,6 +3,7 @@
 Modules, from the ground floor up (each imports only modules listed above it):
 
     quantizers/                  code families: product (PQ) and residual (RQ) quantization, one module each
+    settings.py                  TrainSettings: what a run is asked to do, and its defaults (no heavy imports)
     configuration_distill_vq.py  DistillVQConfig: shapes, code family, nprobe, encoder id
     validation.py, io_utils.py   input checks; atomic writes and the Hub-id test
     faiss_bridge.py              exact faiss <-> weights conversion, faiss's own training, flat index
@@ -22,14 +23,36 @@ Modules, from the ground floor up (each imports only modules listed above it):
     cli.py                       the `distill-vq` command: flags and printing over the pipeline
 """
 
-from transformers import AutoConfig, AutoModel
-
-from .configuration_distill_vq import DistillVQConfig
-from .modeling_distill_vq import DistillVQModel, DistillVQOutput
-from .trainer import DistillVQTrainer, DistillVQTrainingArguments
-
-AutoConfig.register("distill_vq", DistillVQConfig)
-AutoModel.register(DistillVQConfig, DistillVQModel)
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it, imported on first use (PEP 562) so that `import distill_vq` and the
+# command's `--help` load no torch. Importing the configuration and model modules registers them with
+# `AutoConfig` / `AutoModel`: `from distill_vq import DistillVQModel` makes `AutoModel.from_pretrained` work.
+_EXPORTS = {
+    "DistillVQConfig": "configuration_distill_vq",
+    "DistillVQModel": "modeling_distill_vq",
+    "DistillVQOutput": "modeling_distill_vq",
+    "DistillVQTrainer": "trainer",
+    "DistillVQTrainingArguments": "trainer",
+}
+
+if TYPE_CHECKING:
+    from .configuration_distill_vq import DistillVQConfig
+    from .modeling_distill_vq import DistillVQModel, DistillVQOutput
+    from .trainer import DistillVQTrainer, DistillVQTrainingArguments
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
 __all__ = ["DistillVQConfig", "DistillVQModel", "DistillVQOutput", "DistillVQTrainer", "DistillVQTrainingArguments"]

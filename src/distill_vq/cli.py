@@ -8,6 +8,8 @@
 `train` passes every flag it does not know to `DistillVQTrainingArguments` (transformers `TrainingArguments`
 plus the distillation settings), e.g. `--warmup-steps 20 --pq-learning-rate 1e-4 --save-total-limit 3`.
 User errors, damaged files and Hub failures print one line `distill-vq: error: <message>` and exit with status 2.
+Each command imports the library's heavy modules (torch, transformers, faiss) when it runs, so that `--help` and
+`--version` answer at once.
 """
 
 from __future__ import annotations
@@ -17,29 +19,23 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from . import __version__
+from .settings import (
+    DEFAULT_CACHE_DIR, DEFAULT_ENCODER_NAME, DEFAULT_EVAL_SPLIT, DEFAULT_OUTPUT_DIR, MIN_POINTS_PER_LIST, TrainSettings,
+)
 
-import faiss
-import torch
-from transformers import HfArgumentParser
-
-from . import __version__, pipeline
-from .data import DataError, default_data_path, load_corpus
-from .encoding import DEFAULT_ENCODER_NAME
-from .hub import download_output_dir, hub_error_message, push_output_dir, set_hub_timeouts
-from .io_utils import is_hub_id
-from .losses import SCORE_LOSSES
-from .quantizers import QUANTIZERS
-from .output_folder import recover_interrupted_swap
-from .retriever import Retriever
-from .pipeline import DEFAULT_CACHE_DIR, DEFAULT_EVAL_SPLIT, DEFAULT_OUTPUT_DIR, MIN_POINTS_PER_LIST, TrainSettings
-from .trainer import DistillVQTrainingArguments
+if TYPE_CHECKING:
+    from .trainer import DistillVQTrainingArguments
 
 DEFAULT_MAX_STEPS = 300
 SAVE_EVERY = 0.1  # a checkpoint every 10% of the steps (and at the end, or when the time budget is spent)
 SAVE_TOTAL_LIMIT = 2
-DISTILLATION_LOSSES = [name for name in SCORE_LOSSES if name != "contrastive"]  # contrastive needs labels
+# Literal here so that `--help` needs no torch; tests check them against `losses.SCORE_LOSSES` (less "contrastive",
+# which needs labels) and `quantizers.QUANTIZERS`.
+DISTILLATION_LOSSES = ("listnet", "kl", "mse", "margin_mse", "ranknet")
+QUANTIZER_NAMES = ("pq", "rq")
 SNIPPET_CHARS = 100
 # A copy of the teacher starts where the index does and only needs nudging; a cut student must first learn to embed
 # like the teacher (EmbedDistill's score and embedding terms, at the rate benchmarks/embed_distill.py found).
@@ -67,6 +63,9 @@ def available_cores() -> int:
 def set_threads(threads: int | None) -> None:
     """One thread count for torch and faiss (OpenMP): `threads`, at most the cores available (more would only
     contend; said in a warning), by default `OMP_NUM_THREADS` when set, else all the cores."""
+    import faiss
+    import torch
+
     cores = available_cores()
     if threads is not None and threads > cores:
         print(f"distill-vq: warning: --threads {threads} is more than the {cores} cores available; using {cores}.",
@@ -114,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--num-lists", type=positive_int,
                        help=f"IVF lists (default: a power of two near 4*sqrt(num_docs), at most num_docs/"
                             f"{MIN_POINTS_PER_LIST})")
-    index.add_argument("--quantizer", default="pq", choices=sorted(QUANTIZERS),
+    index.add_argument("--quantizer", default="pq", choices=QUANTIZER_NAMES,
                        help="code family: pq (faiss PQ) or rq (faiss residual quantizer, inner product; exported as a "
                             "PQ-speed index) (default: pq)")
     index.add_argument("--num-subvectors", type=positive_int, default=16, help="PQ sub-vectors (default: 16)")
@@ -195,6 +194,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser, encoder: bool = True) -
 
 def training_arguments(args: argparse.Namespace, flags: list[str]) -> DistillVQTrainingArguments:
     """The command's training settings, overridden by any `DistillVQTrainingArguments` flags passed through."""
+    import torch
+    from transformers import HfArgumentParser
+
+    from .trainer import DistillVQTrainingArguments
+
     epochs = args.num_train_epochs is not None and args.max_steps is None
     max_steps = -1 if epochs else args.max_steps or DEFAULT_MAX_STEPS
     parser = HfArgumentParser(DistillVQTrainingArguments, exit_on_error=False)
@@ -227,6 +231,8 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    from . import pipeline
+
     settings = settings_from(args)
     training_args = training_arguments(args, args.training_flags)
     run = pipeline.train(settings, training_args, StepPrinter(6, enabled=training_args.process_index == 0))
@@ -241,6 +247,9 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    from . import pipeline
+    from .io_utils import is_hub_id
+
     output_dir = _local_output_dir(args.output_dir)
     if is_hub_id(args.output_dir):  # a Hub repository: results go to the working folder, not the Hub cache
         args.results_dir = args.results_dir or Path("evaluation")
@@ -252,6 +261,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def _local_output_dir(name: str) -> Path:
     """An output folder (put back first if a killed run left it moved aside), or the local copy of a Hub repository
     pushed with `distill-vq push --include-index`."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    from .hub import download_output_dir
+    from .io_utils import is_hub_id
+    from .output_folder import recover_interrupted_swap
+
     recover_interrupted_swap(name)
     if not is_hub_id(name):
         return Path(name)
@@ -265,6 +280,8 @@ def _local_output_dir(name: str) -> Path:
 
 
 def run_search(args: argparse.Namespace) -> None:
+    from .retriever import Retriever
+
     args.output_dir = _local_output_dir(args.output_dir)
     retriever = Retriever.from_folder(args.output_dir, args.nprobe)
     hits = retriever.search(args.query, args.k)[0]
@@ -283,6 +300,8 @@ def printable(text: str) -> str:
 
 def _document_texts(corpus: str | None, rows, doc_ids: list[str]) -> dict[int, str]:
     """Row -> a one-line snippet, read from the corpus; empty (with a warning) when it is gone or changed."""
+    from .data import DataError, default_data_path, load_corpus
+
     source = default_data_path() if corpus is None else corpus
     try:
         documents = load_corpus(source)
@@ -304,6 +323,8 @@ def _document_texts(corpus: str | None, rows, doc_ids: list[str]) -> dict[int, s
 
 
 def run_push(args: argparse.Namespace) -> None:
+    from .hub import push_output_dir
+
     try:
         commit = push_output_dir(args.output_dir, args.repo_id, private=args.private,
                                  include_index=args.include_index, token=args.token, revision=args.revision)
@@ -323,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.training_flags = unknown
+    from .hub import hub_error_message, set_hub_timeouts
+
     set_threads(args.threads)
     set_hub_timeouts()
     try:

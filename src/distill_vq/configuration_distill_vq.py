@@ -132,4 +132,6 @@ class DistillVQConfig(PreTrainedConfig):
         return f"{rotation}IVF{self.num_lists},{get_quantizer(self.quantizer).factory_string(self)}"
 
 
+AutoConfig.register(DistillVQConfig.model_type, DistillVQConfig)
+
 __all__ = ["DistillVQConfig"]

@@ -423,4 +423,6 @@ def _shape_mismatches(pretrained_model_name_or_path, kwargs) -> str:
 _FAISS_FIELDS = {"embedding_dim", "num_lists", "quantizer", "num_subvectors", "num_codebooks", "bits_per_subvector",
                  "beam_size", "use_rotation", "metric"}
 
+AutoModel.register(DistillVQConfig, DistillVQModel)
+
 __all__ = ["DistillVQModel", "DistillVQPreTrainedModel", "DistillVQOutput", "check_layers", "pairwise_scores"]

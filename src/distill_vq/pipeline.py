@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from datasets import Dataset, IterableDataset
 
 from .configuration_distill_vq import DistillVQConfig
 from .data import DataError, RetrievalTask, load_task, read_embeddings
-from .encoding import DEFAULT_ENCODER_NAME, TextEncoder, encode_dataset_cached, resolve_encoder
+from .encoding import TextEncoder, encode_dataset_cached, resolve_encoder
 from .evaluation import compare_indexes, evaluation_cutoffs
 from .faiss_bridge import documents_needed, flat_index
 from .io_utils import is_hub_id
@@ -39,72 +38,20 @@ from .output_folder import (
     CHECKPOINTS_DIR, INDEX_CONFIG_FILE, TRAINER_STATE_FILE, check_results_dir, check_run_signature, last_checkpoint,
     read_output_folder, staged_folder, write_index_files, write_results, write_run_signature,
 )
+from .settings import (
+    DEFAULT_CACHE_DIR, DEFAULT_ENCODER_NAME, DEFAULT_EVAL_SPLIT, DEFAULT_OUTPUT_DIR, MIN_POINTS_PER_LIST, TrainSettings,
+)
 from .trainer import DistillVQTrainer, DistillVQTrainingArguments
 from .validation import check_embeddings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT_DIR = "./distill-vq-output"
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "distill-vq" / "embeddings"
-DEFAULT_EVAL_SPLIT = "test"
-MIN_POINTS_PER_LIST = 39  # faiss warns below 39 training points per k-means centroid
 MAX_PSEUDO_QUERIES = 100_000
 MIN_CONFIDENT_QUERIES = 200  # below this many evaluation queries, differences of a few hundredths may be noise
 EXACT, DISTILLED = "exact", "distill-vq"
 # The command's flag for each setting that decides how many documents faiss's training needs.
 FLAG_OF_SETTING = {"num_lists": "--num-lists", "bits_per_subvector": "--bits-per-subvector",
                    "use_rotation": "--no-rotation"}
-
-
-@dataclass
-class TrainSettings:
-    """What to train on and which index to build: the `distill-vq train` flags other than the Trainer's.
-
-    Args:
-        corpus / queries / qrels / eval_split: the data (see `data.load_task`); `corpus=None` is the packaged data.
-        encoder: the embedding model (Hub id or folder); ignored for sides given as `.npy` embeddings.
-        doc_embeddings / query_embeddings: `.npy` files of precomputed embeddings, rows in file order.
-        num_lists: IVF lists (default: `auto_num_lists(num_docs)`); quantizer, num_subvectors, num_codebooks,
-        bits_per_subvector, use_rotation, nprobe: the index (see `DistillVQConfig`).
-        query_adapter: train a linear map of the query embeddings against the index (`DistillVQModel.
-            attach_query_adapter`); for queries that arrive as embeddings.
-        train_query_encoder: train a copy of `encoder` as the query encoder against the index (Distill-VQ's joint
-            mode); student_layers / student_encoder: train a smaller query encoder instead (EmbedDistill), the
-            layers `student_layers` of `student_encoder` (default: `encoder`). The documents stay the teacher's.
-        seed: seeds faiss, the query split and training.
-        output_dir / overwrite_output_dir: where to write (see `output_folder.staged_folder`), and whether a non-empty
-            folder that is not an earlier output folder may be written into (its other files are kept).
-    """
-
-    corpus: str | None = None
-    queries: str | None = None
-    qrels: str | None = None
-    eval_split: str | None = None
-    encoder: str = DEFAULT_ENCODER_NAME
-    doc_embeddings: str | None = None
-    query_embeddings: str | None = None
-    cache_dir: Path = DEFAULT_CACHE_DIR
-    num_lists: int | None = None
-    quantizer: str = "pq"
-    num_subvectors: int = 16
-    num_codebooks: int | None = None
-    bits_per_subvector: int = 8
-    use_rotation: bool = True
-    nprobe: int | None = None
-    query_adapter: bool = False
-    train_query_encoder: bool = False
-    student_layers: list[int] | None = None
-    student_encoder: str | None = None
-    seed: int = 42
-    output_dir: str = DEFAULT_OUTPUT_DIR
-    overwrite_output_dir: bool = False
-
-    @property
-    def query_encoder(self) -> str | None:
-        """The encoder the trained query encoder starts from, or None when the queries keep the teacher's."""
-        if self.train_query_encoder or self.student_layers is not None or self.student_encoder is not None:
-            return self.student_encoder or self.encoder
-        return None
 
 
 @dataclass
