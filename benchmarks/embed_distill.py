@@ -14,7 +14,6 @@ query encoding throughput (queries/second, this machine's threads). Writes `embe
 import argparse
 import gzip
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from distill_vq.encoding import TextEncoder, default_encoder_path
 from distill_vq.evaluation import evaluate_index, format_markdown_table
 from distill_vq.sampling import exact_search
 from distill_vq.io_utils import write_json, write_text
+from distill_vq.query_encoding import ModelQueryEncoder
 from distill_vq.trainer import DistillVQTrainer, DistillVQTrainingArguments
 
 COLUMNS = ["query encoder", "index", "mrr@10", "recall_vs_exact@10", "mrr_kept", "queries_per_second"]
@@ -72,19 +72,16 @@ def train_student(layers, weights, docs, train_queries: dict, args, output_dir) 
 
 
 def encode_with_student(model: DistillVQModel, texts: list[str]) -> tuple[np.ndarray, float]:
-    """Embed with the student through the same `TextEncoder` path as the teacher: `(embeddings, queries/s)`."""
-    with tempfile.TemporaryDirectory() as folder:
-        model.query_encoder.save_pretrained(folder)
-        AutoTokenizer.from_pretrained(default_encoder_path()).save_pretrained(folder)
-        return timed_encode(TextEncoder(folder, pooling="mean", normalize=True), texts)
+    """Embed with the student as search does (`ModelQueryEncoder`): `(embeddings, queries/s)`."""
+    return timed_encode(ModelQueryEncoder(model, AutoTokenizer.from_pretrained(default_encoder_path())), texts)
 
 
-def timed_encode(encoder: TextEncoder, texts: list[str], repeats: int = 3) -> tuple[np.ndarray, float]:
+def timed_encode(encoder: TextEncoder | ModelQueryEncoder, texts: list[str], repeats: int = 3) -> tuple[np.ndarray, float]:
     """`(embeddings, queries/s)`, the throughput of the fastest of `repeats` passes (single passes vary by ~20%)."""
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        embeddings = encoder.encode(texts, batch_size=64, show_progress=False)
+        embeddings = encoder.encode(texts, batch_size=64, show_progress=False, role="query")
         seconds.append(time.perf_counter() - start)
     return embeddings, len(texts) / min(seconds)
 

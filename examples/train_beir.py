@@ -35,9 +35,9 @@ def main() -> None:
     test_queries = first(data.queries.filter(lambda query: query["_id"] in test_ids), args.max_queries)
 
     encoder = TextEncoder()  # the packaged all-MiniLM-L6-v2
-    doc_embeddings = encoder.encode(corpus["text"])
-    train_embeddings = encoder.encode(train_queries["text"])
-    test_embeddings = encoder.encode(test_queries["text"])
+    doc_embeddings = encoder.encode(corpus["text"], role="document")
+    train_embeddings = encoder.encode(train_queries["text"], role="query")
+    test_embeddings = encoder.encode(test_queries["text"], role="query")
 
     settings = TrainSettings(num_subvectors=16, use_rotation=not args.no_rotation)  # lists: auto, nprobe: config's
     config = build_config(settings, len(corpus), encoder.embedding_dim, encoder.name)

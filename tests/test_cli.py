@@ -1,6 +1,9 @@
 """The `distill-vq` command: parsing, a train run's output folder, evaluate, search, push, input formats, errors."""
 
 import json
+import logging
+import os
+import re
 import runpy
 import shutil
 import sys
@@ -17,6 +20,7 @@ from distill_vq import DistillVQModel
 from distill_vq.cli import build_parser, main, training_arguments
 from distill_vq.pipeline import auto_num_lists
 from distill_vq.data import DataError, load_corpus
+from distill_vq.faiss_bridge import summarised_kmeans_warnings
 from distill_vq.output_folder import staged_folder
 
 EMBEDDINGS = DATA / "default_data_embeddings"
@@ -24,6 +28,7 @@ PRECOMPUTED = ["--doc-embeddings", str(EMBEDDINGS / "docs.npy"), "--query-embedd
 FAST = ["--max-steps", "5", "--num-lists", "16", "--num-subvectors", "8", "--disable-tqdm", "true"]
 OUTPUT_FILES = {"config.json", "model.safetensors", "index.faiss", "doc_ids.json", "index_config.json",
                 "results.json", "results.md", "recall.png", "README.md"}
+BASELINE = "faiss OPQ8,IVF16,PQ8x8"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,7 @@ def test_defaults_and_pass_through_training_flags(tmp_path):
 
 
 def test_train_writes_a_loadable_output_folder(trained_dir):
-    assert OUTPUT_FILES <= {path.name for path in trained_dir.iterdir()}
+    assert OUTPUT_FILES | {"baseline.faiss"} <= {path.name for path in trained_dir.iterdir()}
     assert not list(trained_dir.parent.glob(".out.*"))  # the staging folder was renamed
     model = DistillVQModel.from_pretrained(trained_dir)
     assert model.config.encoder_name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
@@ -60,7 +65,7 @@ def test_train_writes_a_loadable_output_folder(trained_dir):
     _, rows = faiss.read_index(str(trained_dir / "index.faiss")).search(queries, 10)
     assert (rows >= 0).all() and rows.max() < 5000
     results = json.loads((trained_dir / "results.json").read_text())
-    assert [row["index"] for row in results["results"]] == ["exact", "faiss OPQ8,IVF16,PQ8x8", "distill-vq"]
+    assert [row["index"] for row in results["results"]] == ["exact", BASELINE, "distill-vq"]
     assert {"recall_vs_exact@10", "recall_vs_exact@100", "mrr@10", "ndcg@10", "recall@100", "qps"} <= set(
         results["results"][2])
     assert results["num_eval_queries"] == 377 and results["training_steps"] == 5
@@ -76,13 +81,54 @@ def test_search_finds_a_document_by_its_text(trained_dir, capsys):
     assert " d2139 " in output and "p7zip is the Unix command-line port" in output
 
 
-def test_evaluate_writes_results(trained_dir, tmp_path):
-    assert main(["evaluate", str(trained_dir), *PRECOMPUTED, "--results-dir", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+def without_qps(row: dict) -> dict:
+    return {name: value for name, value in row.items() if name != "qps"}
+
+
+def test_evaluate_repeats_trains_comparison_with_the_kept_faiss_baseline(trained_dir, tmp_path, monkeypatch, capsys):
+    assert "baseline.faiss" in json.loads((trained_dir / "index_config.json").read_text())["sha256"]
+    monkeypatch.chdir(tmp_path)  # the results go to ./evaluation, not into the output folder
+    assert main(["evaluate", str(trained_dir), *PRECOMPUTED]) == 0
+    output = capsys.readouterr().out
+    assert not (trained_dir / "evaluation").exists()
+    evaluated = json.loads((tmp_path / "evaluation" / "results.json").read_text())
+    trained = json.loads((trained_dir / "results.json").read_text())
+    assert [row["index"] for row in evaluated["results"]] == ["exact", BASELINE, "distill-vq"]
+    assert [without_qps(row) for row in evaluated["results"]] == [without_qps(row) for row in trained["results"]]
+    assert evaluated["summary"] == trained["summary"] and evaluated["warnings"] == trained["warnings"]
+    [printed] = [line.split("|")[:-2] for line in output.splitlines() if line.startswith(f"| {BASELINE}")]
+    [written] = [line.split("|")[:-2] for line in (trained_dir / "results.md").read_text().splitlines()
+                 if line.startswith(f"| {BASELINE}")]
+    assert printed == written  # the same row as train's table, but for qps
+    assert f"distill-vq: wrote evaluation — {trained['summary'][0].lower()}{trained['summary'][1:-1]}" in output
+    assert main(["evaluate", str(trained_dir), *PRECOMPUTED]) == 0  # its own earlier results are replaced
+
+
+def test_evaluate_never_overwrites_results_it_did_not_write(trained_dir, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.md").write_text("my notes")
+    assert main(["evaluate", str(trained_dir), *PRECOMPUTED, "--results-dir", str(mine)]) == 2
+    assert "holds results.md that `distill-vq evaluate` did not write" in capsys.readouterr().err
+    assert (mine / "results.md").read_text() == "my notes" and [path.name for path in mine.iterdir()] == ["results.md"]
+
+
+def test_evaluate_of_a_folder_without_the_baseline_says_why_in_one_line(trained_dir, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(trained_dir, old)
+    (old / "baseline.faiss").write_bytes(b"damaged")
+    assert main(["evaluate", str(old), *PRECOMPUTED, "--results-dir", str(tmp_path / "r")]) == 2
+    assert "baseline.faiss does not match the sha256 recorded" in capsys.readouterr().err
+    (old / "baseline.faiss").unlink()  # a folder written before train kept the baseline
+    assert main(["evaluate", str(old), *PRECOMPUTED, "--results-dir", str(tmp_path / "r")]) == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert [row["index"] for row in results["results"]] == ["exact", "distill-vq"]
     trained = json.loads((trained_dir / "results.json").read_text())["results"][2]
-    assert results["results"][1]["recall_vs_exact@10"] == pytest.approx(trained["recall_vs_exact@10"])
-    assert (tmp_path / "results.md").read_text().startswith("| index")
+    assert without_qps(results["results"][1]) == without_qps(trained)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("distill-vq: warning:")]
+    [warning] = warnings
+    assert warning.startswith(f"distill-vq: warning: no {BASELINE} row: {old} has no baseline.faiss, the faiss "
+                              "baseline that `distill-vq train` now keeps")
 
 
 def test_evaluate_uses_the_recorded_split_unless_one_is_given(trained_dir, tmp_path):
@@ -141,6 +187,29 @@ def test_each_file_format_trains(tmp_path, suffix):
     assert results["num_docs"] == 64 and results["index_factory"] == "IVF1,PQ4x4"
     assert results["num_eval_queries"] == (2 if suffix == "jsonl" else 4)
     assert ("mrr@10" in results["results"][2]) == (suffix == "jsonl")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_faiss_warnings_are_summarised_in_one_line_and_library_bars_need_verbose(tmp_path, capfd, verbose):
+    flags = [*tiny_data(tmp_path, "jsonl"), "--no-rotation", *(["--verbose"] if verbose else [])]
+    assert main(["train", *flags, "--output-dir", str(tmp_path / "out")]) == 0
+    out, err = capfd.readouterr()
+    assert "WARNING clustering" not in out + err  # faiss writes 4 (one per sub-vector's k-means) to fd 2
+    summaries = [line for line in out.splitlines() if "k-means warnings" in line]
+    assert summaries == ["    faiss: 4 k-means warnings (too few points per centroid): 4 x 64 points to 16 centroids, "
+                         "faiss advises at least 624"]
+    assert re.search(r"^    faiss: trained IVF1,PQ4x4 on 64 documents in \d+\.\d s$", out, re.MULTILINE)
+    assert ("Generating train split" in err) == verbose
+
+
+def test_the_kmeans_summary_passes_other_stderr_lines_on(capfd, caplog):
+    docs = np.random.default_rng(0).standard_normal((100, 8), dtype=np.float32)
+    with caplog.at_level(logging.INFO, "distill_vq.faiss_bridge"), summarised_kmeans_warnings():
+        faiss.Kmeans(8, 16, niter=2).train(docs)
+        os.write(2, b"another line\n")
+    assert capfd.readouterr().err == "another line\n"
+    assert caplog.messages == ["faiss: 1 k-means warning (too few points per centroid): 1 x 100 points to 16 "
+                               "centroids, faiss advises at least 624"]
 
 
 def test_documents_are_pseudo_queries_when_every_query_is_judged(tmp_path):

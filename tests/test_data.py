@@ -3,15 +3,22 @@
 import gzip
 import json
 import shutil
+from contextlib import contextmanager
 
 import datasets
 import numpy as np
 import pytest
 import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from distill_vq import data, encoding
 from distill_vq.data import DataError, check_qrels, load_beir, load_corpus, load_qrels, load_queries
-from distill_vq.encoding import TextEncoder, default_encoder_path, encode_dataset_cached, resolve_encoder
+from distill_vq.encoding import TextEncoder, default_encoder_path, encode_dataset_cached, pool_tokens, resolve_encoder
+
+from conftest import DATA, DEFAULT_DATA
 
 CORPUS = [
     {"_id": "d1", "title": "Alpha", "text": "the first document"},
@@ -257,9 +264,79 @@ def test_packaged_model_names_resolve_to_the_packaged_folder(tmp_path):
     assert resolve_encoder("BAAI/bge-small-en-v1.5") == ("BAAI/bge-small-en-v1.5", "BAAI/bge-small-en-v1.5")
 
 
-def test_encoder_reads_the_sentence_transformers_folder(encoder):
-    settings = (encoder.pooling, encoder.normalize, encoder.max_seq_length, encoder.embedding_dim)
-    assert settings == ("mean", True, 256, 384)
+def test_encoder_runs_the_sentence_transformers_folder(encoder):
+    assert [type(module).__name__ for module in encoder.model] == ["Transformer", "Pooling", "Normalize"]
+    assert (encoder.model.max_seq_length, encoder.embedding_dim) == (256, 384)
+
+
+def hand_pooled(folder, texts, pooling="mean", normalize=True):
+    """The former hand-written encoding: `AutoModel` hidden states `(N, tokens, dim)` pooled -> `(N, dim)`."""
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    with torch.inference_mode():
+        tokens = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        pooled = pool_tokens(model(**tokens).last_hidden_state, tokens["attention_mask"], pooling)
+    return (torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled).numpy()
+
+
+def test_packaged_encoder_gives_the_former_embeddings_and_the_stored_ones(encoder):
+    """256 queries and the 16 longest of 1000 documents (cut at 256 tokens): the SentenceTransformer path equals the
+    former hand-written mean pooling to 1e-5 (bitwise on this machine), and the stored float16 embeddings
+    (tests/data, made by that path) are its vectors rounded: within half a float16 step (up to 6e-5) plus 1e-6."""
+    queries = load_queries(DEFAULT_DATA)["text"][:256]
+    corpus = load_corpus(DEFAULT_DATA)["text"][:1000]
+    longest = sorted(np.argsort([-len(text) for text in corpus])[:16])
+    for texts, stored in ((queries, np.load(DATA / "default_data_embeddings" / "queries.npy")[:256]),
+                          ([corpus[row] for row in longest],
+                           np.load(DATA / "default_data_embeddings" / "docs.npy")[longest])):
+        embeddings = encoder.encode(texts, show_progress=False)
+        assert np.abs(embeddings - hand_pooled(default_encoder_path(), texts)).max() < 1e-5
+        assert (np.abs(embeddings - stored) <= np.spacing(np.abs(stored)) / 2 + 1e-6).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A plain `transformers` folder (no modules.json): a seeded 2-layer, 32-d BERT with all-MiniLM-L6-v2's
+    tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_encoder_path()).save_pretrained(folder)
+    return folder
+
+
+def test_plain_transformers_model_gets_mean_pooling_and_unit_length(tiny_bert):
+    texts = ["short", "a considerably longer sentence about retrieval with many words"]
+    plain = TextEncoder(tiny_bert, device="cpu")
+    assert [type(module).__name__ for module in plain.model] == ["Transformer", "Pooling", "Normalize"]
+    np.testing.assert_allclose(plain.encode(texts, show_progress=False), hand_pooled(tiny_bert, texts), atol=1e-6)
+
+
+def test_every_module_and_the_prompts_of_the_folder_apply(tiny_bert, tmp_path):
+    """CLS pooling and a Dense layer (which the former pooling dropped) run; `role` picks the folder's prompt,
+    and the cache keeps the query and document embeddings of the same texts apart."""
+    folder = tmp_path / "cls-dense"
+    dense = Dense(32, 8)
+    SentenceTransformer(modules=[Transformer(str(tiny_bert)), Pooling(32, "cls"), dense], device="cpu",
+                        prompts={"query": "query: ", "document": "passage: "}).save(str(folder))
+    texts = ["red apple", "a blue car on the road"]
+    encoder = TextEncoder(folder, device="cpu")
+    assert encoder.embedding_dim == 8
+    weight, bias = dense.linear.weight.detach().numpy(), dense.linear.bias.detach().numpy()
+    cls_states = hand_pooled(tiny_bert, texts, pooling="cls", normalize=False)
+    np.testing.assert_allclose(encoder.encode(texts, show_progress=False), np.tanh(cls_states @ weight.T + bias),
+                               atol=1e-5)
+    for role, prompt in (("query", "query: "), ("document", "passage: ")):
+        np.testing.assert_allclose(encoder.encode(texts, show_progress=False, role=role),
+                                   encoder.encode([prompt + text for text in texts], show_progress=False), atol=1e-6)
+    with pytest.raises(ValueError, match="role='queries' is unknown; pass one of"):
+        encoder.encode(texts, role="queries")
+    dataset = datasets.Dataset.from_dict({"text": texts})
+    cached = {role: encode_dataset_cached(encoder, dataset, "text", tmp_path / "cache", show_progress=False, role=role)
+              for role in ("query", "document")}
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    np.testing.assert_allclose(cached["query"], encoder.encode(texts, show_progress=False, role="query"), atol=1e-6)
 
 
 def test_unit_embeddings_and_paraphrases_score_higher(encoder):
@@ -275,24 +352,6 @@ def test_length_sorted_batches_keep_the_input_order(encoder):
     batched = encoder.encode(texts, batch_size=2, show_progress=False)
     one_by_one = np.concatenate([encoder.encode([text], show_progress=False) for text in texts])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
-
-
-def test_pooling_follows_the_folder_config(tmp_path):
-    folder = tmp_path / "cls-model"
-    folder.mkdir()
-    for path in default_encoder_path().iterdir():
-        if path.is_file() and path.name != "modules.json":
-            (folder / path.name).symlink_to(path)
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "cls"}))
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    (folder / "modules.json").write_text(json.dumps(modules))
-    cls_encoder = TextEncoder(folder, device="cpu")
-    assert (cls_encoder.pooling, cls_encoder.normalize) == ("cls", False)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
-    with pytest.raises(ValueError, match="pools with 'max'; TextEncoder supports 'mean' or 'cls'"):
-        TextEncoder(folder, device="cpu")
 
 
 def test_dataset_cache_round_trip(encoder, tmp_path, monkeypatch):
@@ -315,6 +374,51 @@ def test_dataset_cache_round_trip(encoder, tmp_path, monkeypatch):
     np.testing.assert_array_equal(streamed, first)
     with pytest.raises(AssertionError, match="the cache was not used"):
         encode_dataset_cached(encoder, dataset.select([0, 1]), "text", tmp_path)
+
+
+@pytest.fixture
+def encoding_bars(monkeypatch):
+    """The tqdm bars `encoding` makes from now on, each keeping its updates in `steps`."""
+    bars = []
+
+    class RecordingBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.steps = []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.steps.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(encoding, "tqdm", RecordingBar)
+    return bars
+
+
+def test_one_encoding_bar_advances_per_batch_across_cache_chunks(encoder, tmp_path, monkeypatch, encoding_bars):
+    monkeypatch.setattr(encoding, "CACHE_CHUNK_ROWS", 4)
+    dataset = datasets.Dataset.from_dict({"text": ["one", "two", "three", "four", "five"]})
+    encode_dataset_cached(encoder, dataset, "text", tmp_path, batch_size=2)
+    assert [(bar.desc, bar.total, bar.steps, bar.n) for bar in encoding_bars] == [("Encoding", 5, [2, 2, 1], 5)]
+
+
+def test_sharded_encoding_gathers_the_shards_and_counts_them_on_the_main_bar(encoder, monkeypatch, encoding_bars):
+    """The main process of two encodes the first half; `gather_object` brings the other process's half."""
+    texts = ["one", "two", "three", "four", "five"]
+    other_shard = encoder.encode(texts[3:], show_progress=False)
+
+    class MainOfTwo:
+        num_processes, is_main_process, device = 2, True, torch.device("cpu")
+
+        @contextmanager
+        def split_between_processes(self, items):
+            yield items[:3]
+
+    monkeypatch.setattr(encoding, "gather_object", lambda objects: objects + [other_shard])
+    encoding_bars.clear()
+    sharded = encoder.encode(texts, batch_size=2, accelerator=MainOfTwo())
+    assert [(bar.total, bar.steps) for bar in encoding_bars] == [(5, [4, 1, 0])]
+    np.testing.assert_allclose(sharded, encoder.encode(texts, show_progress=False), atol=1e-6)
 
 
 def test_cache_writes_in_chunks(encoder, tmp_path, monkeypatch):

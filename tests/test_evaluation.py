@@ -1,4 +1,5 @@
-"""Recall against exact search, label metrics computed by hand, QPS, memory and markdown tables."""
+"""Recall against exact search and label metrics (faiss and ir-measures) checked against values computed by hand, the
+paired bootstrap interval, QPS, memory and markdown tables."""
 
 import math
 
@@ -11,7 +12,10 @@ from distill_vq.evaluation import (
     format_markdown_table,
     label_metrics,
     measure_qps,
+    paired_bootstrap_interval,
     peak_memory_mb,
+    per_query_label_metrics,
+    per_query_recall_vs_exact,
     recall_vs_exact,
 )
 from distill_vq.sampling import exact_search
@@ -23,6 +27,7 @@ def test_recall_vs_exact_by_hand():
     assert recall_vs_exact(approx, exact, 3) == pytest.approx((2 + 1) / 6)
     assert recall_vs_exact(approx, exact, 1) == pytest.approx(1 / 2)
     assert recall_vs_exact(approx, exact, 2) == pytest.approx(1 / 4)
+    assert per_query_recall_vs_exact(approx, exact, 3) == pytest.approx([2 / 3, 1 / 3])
     with pytest.raises(ValueError, match="k=4 exceeds"):
         recall_vs_exact(approx, exact, 4)
 
@@ -46,6 +51,18 @@ def test_mrr_ndcg_recall_by_hand():
     assert metrics["mrr@2"] == pytest.approx((0 + 1 / 2) / 2)
     assert metrics["ndcg@2"] == pytest.approx((0 + (2 / math.log2(3)) / (2 + 1 / math.log2(3))) / 2)
     assert metrics["recall@2"] == pytest.approx((0 + 1 / 3) / 2)
+
+
+def test_per_query_label_metrics_by_hand():
+    rankings = [["d1", "d2"], [], ["d4", "d3"], ["d7"]]
+    qrels = [{"d2": 1, "d1": 0}, {"d5": 1}, {"d3": 3, "d8": 1}, {}]  # the second: judged, nothing retrieved
+    metrics = per_query_label_metrics(rankings, qrels, ks=(10,))
+    assert list(metrics) == ["mrr@10", "ndcg@10", "recall@10"]
+    assert metrics["mrr@10"] == pytest.approx([1 / 2, 0, 1 / 2])  # the unjudged fourth query is skipped
+    ideal_dcg = 3 + 1 / math.log2(3)
+    assert metrics["ndcg@10"] == pytest.approx([1 / math.log2(3), 0, (3 / math.log2(3)) / ideal_dcg])
+    assert metrics["recall@10"] == pytest.approx([1, 0, 1 / 2])
+    assert label_metrics(rankings, qrels, ks=(10,))["mrr@10"] == pytest.approx(1 / 3)
 
 
 def test_label_metrics_needs_judged_queries():
@@ -79,6 +96,62 @@ def test_approximate_index_loses_recall(random_embeddings):
     index.add(docs)  # nprobe=1: only one list of 16 is searched
     recall = evaluate_index(index, queries, [str(row) for row in range(len(docs))], exact_ids=exact_ids, ks=(10,))
     assert 0 < recall["recall_vs_exact@10"] < 1
+
+
+def test_per_query_values_average_to_the_metrics(random_embeddings):
+    docs, queries = random_embeddings
+    _, exact_ids = exact_search(queries, docs, k=10)
+    doc_ids = [f"d{row}" for row in range(len(docs))]
+    qrels = [{doc_ids[top_ids[1]]: 1} for top_ids in exact_ids]  # the exact second best is the relevant document
+    index = faiss.index_factory(docs.shape[1], "IVF16,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(docs)
+    index.add(docs)
+    metrics, per_query = evaluate_index(index, queries, doc_ids, qrels, exact_ids, ks=(10,), return_per_query=True)
+    assert set(per_query) == set(metrics) - {"qps"}
+    assert all(values.shape == (len(queries),) for values in per_query.values())
+    assert all(metrics[name] == pytest.approx(values.mean()) for name, values in per_query.items())
+    assert 0 < metrics["recall_vs_exact@10"] < 1
+
+
+@pytest.fixture(scope="module")
+def recall_gains(debian_embeddings):
+    """Per-query recall@10 vs exact of an IVF index searched with nprobe=2 and nprobe=1 on the packaged queries."""
+    docs, queries = debian_embeddings
+    queries = queries[:400]
+    _, exact_ids = exact_search(queries, docs, k=10)
+    index = faiss.index_factory(docs.shape[1], "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(docs)
+    index.add(docs)
+    recalls = {}
+    for nprobe in (1, 2):
+        index.nprobe = nprobe
+        recalls[nprobe] = per_query_recall_vs_exact(index.search(queries, 10)[1], exact_ids, 10)
+    return recalls[2], recalls[1]
+
+
+def test_bootstrap_interval_holds_the_gain_and_widens_with_fewer_queries(recall_gains):
+    after, before = recall_gains
+    gain = (after - before).mean()
+    low, high = paired_bootstrap_interval(after, before)
+    assert 0 < low < gain < high  # more lists probed: a real gain, and the interval says so
+    few_low, few_high = paired_bootstrap_interval(after[:40], before[:40])
+    assert few_low < few_high and few_high - few_low > 1.5 * (high - low)  # ~ sqrt(400 / 40) = 3.2 times wider
+    assert paired_bootstrap_interval(after, before) == (low, high)  # seeded
+    assert paired_bootstrap_interval(after, before, seed=1) != (low, high)
+    low_90, high_90 = paired_bootstrap_interval(after, before, confidence=0.9)
+    assert low < low_90 < high_90 < high
+
+
+def test_bootstrap_interval_by_hand():
+    after = np.array([0.5, 0.7, 0.9])
+    assert paired_bootstrap_interval(after, after - 0.25) == pytest.approx((0.25, 0.25))  # every resample gains 0.25
+    # Two queries: resample means 0, 0.5 and 1 with chances 1/4, 1/2, 1/4, so the 30th to 70th percentiles are 0.5.
+    gains = paired_bootstrap_interval(np.array([1.0, 0.0]), np.zeros(2), confidence=0.4, num_resamples=4000)
+    assert gains == pytest.approx((0.5, 0.5))
+    with pytest.raises(ValueError, match="two equal"):
+        paired_bootstrap_interval(after, after[:2])
+    with pytest.raises(ValueError, match="confidence=1.5"):
+        paired_bootstrap_interval(after, after, confidence=1.5)
 
 
 def test_measure_qps_and_peak_memory(random_embeddings):

@@ -29,7 +29,8 @@ CARD = ModelCard("---\nlibrary_name: distill-vq\ntags:\n- faiss\n---\n# test qua
 ROWS = [{"index": "faiss IVF16,PQ8x5", "recall_vs_exact@10": 0.5}, {"index": "distill-vq", "recall_vs_exact@10": 0.6}]
 
 LOAD_IN_FRESH_PROCESS = """
-import sys, numpy as np, distill_vq
+import sys, numpy as np
+from distill_vq import DistillVQModel  # registers the Auto classes (`import distill_vq` alone loads nothing)
 from transformers import AutoModel
 from distill_vq.hub import load_index
 repo, revision, out = sys.argv[1], sys.argv[2] or None, sys.argv[3]

@@ -64,7 +64,7 @@ def test_a_rerun_keeps_the_files_it_does_not_own(tmp_path):
     assert json.loads((output_dir / "results.json").read_text()) == {"run": "new"}
     assert (output_dir / "src" / "notes.py").read_text() == "# mine"
     assert json.loads((output_dir / "evaluation" / "results.json").read_text()) == {"evaluated": True}
-    assert {"evaluation", "src"}.isdisjoint(OWNED_NAMES)
+    assert {"evaluation", "src"}.isdisjoint(OWNED_NAMES) and "baseline.faiss" in OWNED_NAMES
 
 
 def test_the_command_rerun_keeps_src_and_the_evaluation(tmp_path, tmp_path_factory):
@@ -74,10 +74,12 @@ def test_the_command_rerun_keeps_src_and_the_evaluation(tmp_path, tmp_path_facto
     assert main([*train, "--output-dir", str(output_dir)]) == 0
     (output_dir / "src").mkdir()
     (output_dir / "src" / "notes.py").write_text("# mine")
-    assert main(["evaluate", str(output_dir), *data]) == 0
+    assert main(["evaluate", str(output_dir), *data, "--results-dir", str(output_dir / "evaluation")]) == 0
     evaluation = (output_dir / "evaluation" / "results.json").read_text()
+    baseline = (output_dir / "baseline.faiss").read_bytes()
     assert main([*train, "--output-dir", str(output_dir), "--seed", "7"]) == 0
     assert json.loads((output_dir / "index_config.json").read_text())["seed"] == 7
+    assert (output_dir / "baseline.faiss").read_bytes() != baseline  # the run's own file: replaced, not carried over
     assert (output_dir / "src" / "notes.py").read_text() == "# mine"
     assert (output_dir / "evaluation" / "results.json").read_text() == evaluation
     assert names(tmp_path) == ["out"]

@@ -42,6 +42,8 @@ class DistillVQConfig(PreTrainedConfig):
         encoder_name_or_path (`str`, *optional*): Hub id or path of the encoder that made the document
             embeddings (like PEFT's `base_model_name_or_path`).
         encoder_revision (`str`, *optional*): revision of that encoder.
+        encoder_subfolder (`str`, *optional*): the folder inside the model's repository that holds a copy of that
+            encoder (`distill-vq push --include-encoder`: `"encoder"`); `None` when the encoder is only named.
         query_encoder_config (`dict` or `PreTrainedConfig`, *optional*): config of a trained query encoder the
             model carries (Distill-VQ joint training, EmbedDistill student); `None` when queries are embedded
             by `encoder_name_or_path`.
@@ -71,6 +73,7 @@ class DistillVQConfig(PreTrainedConfig):
     metric: str = "inner_product"
     encoder_name_or_path: str | None = None
     encoder_revision: str | None = None
+    encoder_subfolder: str | None = None
     query_encoder_config: dict | PreTrainedConfig | None = None
     query_encoder_name_or_path: str | None = None
     query_encoder_layers: list[int] | None = None

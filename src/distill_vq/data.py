@@ -9,7 +9,7 @@ A source is, in this order of priority:
 - a local BEIR folder: `corpus.jsonl[.gz]`, `queries.jsonl[.gz]`, `qrels/<split>.tsv` with the
   header `query-id<TAB>corpus-id<TAB>score`;
 - a local `.jsonl[.gz]`, `.json[.gz]`, `.csv[.gz]` or `.parquet` file with an `_id` (or `id`)
-  column, a `text` column and optionally a `title` column;
+  column, a `text` column and optionally a `title` column (other names are given as `TextColumns`);
 - a Hub dataset id `owner/name`, loaded with `datasets.load_dataset(owner/name, config)` where
   the config is `corpus` or `queries` (BEIR's layout) unless given as `owner/name:config`.
 A path that does not exist but looks like one (it starts with `.`, `/` or `~`, has more than one
@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from datasets.exceptions import DatasetGenerationError
 
 from .io_utils import is_hub_id
+from .settings import TextColumns
 
 Kind = Literal["corpus", "queries"]
 Qrels = dict[str, dict[str, int]]
@@ -49,6 +50,7 @@ Qrels = dict[str, dict[str, int]]
 BEIR_LAYOUT = "a BEIR folder (corpus.jsonl[.gz], queries.jsonl[.gz], qrels/<split>.tsv)"
 QRELS_HEADER = ["query-id", "corpus-id", "score"]
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+COLUMN_FLAG_PREFIX = {"corpus": "", "queries": "query-"}  # the command's flags: --text-column, --query-text-column
 
 
 class DataError(ValueError):
@@ -75,14 +77,18 @@ class RetrievalData:
     qrels: dict[str, Qrels] = field(default_factory=dict)
 
 
-def load_corpus(source: str | Path, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
-    """Load documents as `_id`, `text` rows from a BEIR folder, a file or a Hub id (see the module docstring)."""
-    return _load_texts(source, "corpus", streaming)
+def load_corpus(source: str | Path, streaming: bool = False,
+                columns: TextColumns | None = None) -> datasets.Dataset | datasets.IterableDataset:
+    """Load documents as `_id`, `text` rows from a BEIR folder, a file or a Hub id (see the module docstring), reading
+    the id, text and title from `columns` (default: `_id` or `id`, `text`, `title`)."""
+    return _load_texts(source, "corpus", streaming, columns or TextColumns())
 
 
-def load_queries(source: str | Path, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
-    """Load queries as `_id`, `text` rows from a BEIR folder, a file or a Hub id (see the module docstring)."""
-    return _load_texts(source, "queries", streaming)
+def load_queries(source: str | Path, streaming: bool = False,
+                 columns: TextColumns | None = None) -> datasets.Dataset | datasets.IterableDataset:
+    """Load queries as `_id`, `text` rows from a BEIR folder, a file or a Hub id (see the module docstring), reading
+    the id, text and title from `columns` (default: `_id` or `id`, `text`, `title`)."""
+    return _load_texts(source, "queries", streaming, columns or TextColumns())
 
 
 def load_qrels(path: str | Path) -> Qrels:
@@ -142,6 +148,8 @@ def load_beir(
     splits: Iterable[str] | None = None,
     streaming: bool = False,
     qrels_source: str | Path | None = None,
+    corpus_columns: TextColumns | None = None,
+    query_columns: TextColumns | None = None,
 ) -> RetrievalData:
     """Load a BEIR dataset: a local folder, or a Hub id with `corpus` and `queries` configs.
 
@@ -152,13 +160,14 @@ def load_beir(
         qrels_source: a folder of `<split>.tsv` files, or a Hub id whose splits have `query-id`,
             `corpus-id`, `score` columns (BEIR publishes them as `BeIR/<name>-qrels`). Defaults to
             `<source>/qrels` for a folder (no qrels if it is absent) and to none for a Hub id.
+        corpus_columns / query_columns: the columns holding ids, texts and titles (see `load_corpus`).
     """
     folder = Path(source).expanduser()
     if folder.is_file():
         raise DataError(f"{source} is a file; pass {BEIR_LAYOUT}, or load the file with load_corpus.")
-    corpus = load_corpus(source, streaming)
+    corpus = load_corpus(source, streaming, corpus_columns)
     has_queries = not folder.is_dir() or _beir_file(folder, "queries") is not None
-    queries = load_queries(source, streaming) if has_queries else None
+    queries = load_queries(source, streaming, query_columns) if has_queries else None
     if qrels_source is None and folder.is_dir() and (folder / "qrels").is_dir():
         qrels_source = folder / "qrels"
     qrels = _load_qrels_splits(qrels_source, None if splits is None else list(splits))
@@ -204,7 +213,8 @@ def _qrels_from_rows(rows: datasets.Dataset, name: str) -> Qrels:
     return qrels
 
 
-def _load_texts(source: str | Path, kind: Kind, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+def _load_texts(source: str | Path, kind: Kind, streaming: bool,
+                columns: TextColumns) -> datasets.Dataset | datasets.IterableDataset:
     """Load a corpus or query set from any supported source and normalise it to `_id`, `text` rows."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -216,7 +226,8 @@ def _load_texts(source: str | Path, kind: Kind, streaming: bool) -> datasets.Dat
     if path.is_file():
         builder = _file_builder(path)
         # pandas would read csv ids such as 007 as numbers (7)
-        options = {"converters": {"_id": str, "id": str}} if builder == "csv" else {}
+        id_columns = [columns.id_column] if columns.id_column else ["_id", "id"]
+        options = {"converters": dict.fromkeys(id_columns, str)} if builder == "csv" else {}
         try:
             with _quiet_file_readers():
                 dataset = datasets.load_dataset(
@@ -234,7 +245,7 @@ def _load_texts(source: str | Path, kind: Kind, streaming: bool) -> datasets.Dat
         splits = _load_hub(str(source), repo_id, config or kind, streaming=streaming)
         dataset = _single_split(splits, kind, source)
     try:
-        return _normalise(dataset, str(source), kind, streaming)
+        return _normalise(dataset, str(source), kind, streaming, columns)
     except UnicodeDecodeError as error:  # the JSON reader keeps invalid UTF-8; decoding the rows finds it
         raise DataError(_unreadable(path, kind, error)) from error
 
@@ -351,22 +362,32 @@ def _single_split(splits, kind: Kind, source) -> datasets.Dataset | datasets.Ite
     )
 
 
-def _normalise(dataset, source: str, kind: Kind, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
-    """Return `_id` (str) and `text` (title prepended) columns only; raise a `DataError` on bad rows."""
+def _normalise(dataset, source: str, kind: Kind, streaming: bool,
+               columns: TextColumns) -> datasets.Dataset | datasets.IterableDataset:
+    """Return `_id` (str) and `text` (title prepended) columns only, read from `columns`; raise a `DataError` on bad
+    rows or a named column the data lacks."""
     if streaming:
         first_row = next(iter(dataset), None)
-        columns = None if first_row is None else list(first_row)
+        names = None if first_row is None else list(first_row)
     else:
-        columns = dataset.column_names if len(dataset) else None
-    if columns is None:
+        names = dataset.column_names if len(dataset) else None
+    if names is None:
         raise DataError(f"{source} is empty: it has no {kind} rows; give it at least one.")
-    if "text" not in columns:
+    for role, name in (("id", columns.id_column), ("text", columns.text_column), ("title", columns.title_column)):
+        if name is not None and name not in names:
+            raise DataError(f"{source} has no column '{name}' for the {kind} {role}s; its columns are {names}: "
+                            f"pass one of them as --{COLUMN_FLAG_PREFIX[kind]}{role}-column.")
+    text_column = columns.text_column or "text"
+    if text_column not in names:
         raise DataError(
-            f"{source} has no 'text' column (columns: {columns}); rename the column holding the {kind} text to 'text'."
+            f"{source} has no 'text' column (columns: {names}); rename the column holding the {kind} text to 'text', "
+            f"or name it with --{COLUMN_FLAG_PREFIX[kind]}text-column."
         )
-    id_column = "_id" if "_id" in columns else "id" if "id" in columns else None
+    id_column = columns.id_column or ("_id" if "_id" in names else "id" if "id" in names else None)
     if id_column is None:
-        raise DataError(f"{source} has no '_id' or 'id' column (columns: {columns}); add a unique id to every row.")
+        raise DataError(f"{source} has no '_id' or 'id' column (columns: {names}); add a unique id to every row, or "
+                        f"name the id column with --{COLUMN_FLAG_PREFIX[kind]}id-column.")
+    title_column = columns.title_column or ("title" if "title" in names else None)
 
     def to_id_and_text(batch: dict, rows: list[int]) -> dict:
         for row, row_id in zip(rows, batch[id_column]):
@@ -376,9 +397,9 @@ def _normalise(dataset, source: str, kind: Kind, streaming: bool) -> datasets.Da
                     "give every row a unique id."
                 )
         ids = [str(row_id) for row_id in batch[id_column]]  # ids mixing numbers and strings all become strings
-        texts = ["" if text is None else str(text) for text in batch["text"]]
-        if "title" in batch:
-            texts = [f"{title} {text}".strip() if title else text for title, text in zip(batch["title"], texts)]
+        texts = ["" if text is None else str(text) for text in batch[text_column]]
+        if title_column is not None:
+            texts = [f"{title} {text}".strip() if title else text for title, text in zip(batch[title_column], texts)]
         for row_id, text in zip(ids, texts):
             if not text.strip():
                 raise DataError(
@@ -387,7 +408,7 @@ def _normalise(dataset, source: str, kind: Kind, streaming: bool) -> datasets.Da
         return {"_id": ids, "text": texts}
 
     features = datasets.Features({"_id": datasets.Value("string"), "text": datasets.Value("string")})
-    dataset = dataset.map(to_id_and_text, with_indices=True, batched=True, remove_columns=columns, features=features)
+    dataset = dataset.map(to_id_and_text, with_indices=True, batched=True, remove_columns=names, features=features)
     if not streaming:
         _check_unique_ids(dataset, source)
     return dataset
@@ -463,7 +484,8 @@ class RetrievalTask:
 
 
 def load_task(
-    corpus: str | None = None, queries: str | None = None, qrels: str | None = None, eval_split: str = "test"
+    corpus: str | None = None, queries: str | None = None, qrels: str | None = None, eval_split: str = "test",
+    corpus_columns: TextColumns | None = None, query_columns: TextColumns | None = None,
 ) -> RetrievalTask:
     """Load the corpus (default: the packaged data), its queries and the evaluation qrels.
 
@@ -473,6 +495,7 @@ def load_task(
         qrels: a qrels `.tsv` file (the evaluation qrels), a folder of `<split>.tsv` files or a Hub id
             (read `eval_split` from it), or a split name (overrides `eval_split`); default: the corpus folder's.
         eval_split: the qrels split whose queries are held out for evaluation.
+        corpus_columns / query_columns: the columns holding ids, texts and titles (see `load_corpus`).
     """
     source = Path(default_data_path() if corpus is None else corpus).expanduser()
     qrels_file = qrels_source = None
@@ -486,12 +509,13 @@ def load_task(
     if source.is_file():
         if qrels_source is not None:
             raise DataError(f"--qrels {qrels}: when --corpus is a file, give the evaluation qrels as a .tsv file.")
-        corpus_rows, query_rows, split_qrels = load_corpus(source), None, {}
+        corpus_rows, query_rows, split_qrels = load_corpus(source, columns=corpus_columns), None, {}
     else:
-        data = load_beir(corpus or source, qrels_source=qrels_source)
+        data = load_beir(corpus or source, qrels_source=qrels_source, corpus_columns=corpus_columns,
+                         query_columns=query_columns)
         corpus_rows, query_rows, split_qrels = data.corpus, data.queries, data.qrels
     if queries is not None:
-        query_rows = load_queries(queries)
+        query_rows = load_queries(queries, columns=query_columns)
     if qrels_file is not None:
         eval_qrels, eval_name = load_qrels(qrels_file), Path(qrels_file).name
     elif split_qrels or qrels is not None:

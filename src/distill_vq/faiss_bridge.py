@@ -6,6 +6,15 @@ The code family's own faiss details (codebook layout, encoder settings, the inde
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import contextmanager
+
 import faiss
 import numpy as np
 from tqdm.auto import tqdm
@@ -13,6 +22,8 @@ from tqdm.auto import tqdm
 from .configuration_distill_vq import DistillVQConfig
 from .io_utils import atomic_path
 from .quantizers import QUANTIZERS, get_quantizer
+
+logger = logging.getLogger(__name__)
 
 FAISS_METRICS = {"inner_product": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 SUPPORTED_INDEXES = (
@@ -152,6 +163,10 @@ def _pack_codes(codes: np.ndarray, code_size: int, bits: int) -> np.ndarray:
 
 
 OPQ_MIN_DOCUMENTS = 1000  # faiss 1.15's OPQ training corrupts memory on a few hundred points
+# faiss's training sample: this many documents per IVF list (faiss's k-means warns below 39 and samples 256 at most),
+# and at least the sample faiss trains the codebooks on. Bounds the training's time (~ num_lists x sample) and its
+# copies (the OPQ-rotated sample) on large corpora.
+TRAIN_DOCS_PER_LIST = 64
 _WHY = {"bits_per_subvector": " (2**bits codewords)", "use_rotation": " (OPQ training)"}
 
 
@@ -164,24 +179,91 @@ def documents_needed(config: DistillVQConfig) -> dict[str, int]:
     return needs
 
 
-def train_faiss_index(doc_embeddings: np.ndarray, config: DistillVQConfig, seed: int = 1234) -> faiss.Index:
-    """Train `config.index_factory_string` on the documents with faiss's own training (k-means for the lists and PQ,
-    faiss's residual quantizer training for RQ): the paper's initialisation.
+def training_sample_size(config: DistillVQConfig, num_docs: int, max_train_docs: int | None = None) -> int:
+    """Documents `train_faiss_index` trains on: `max_train_docs`, by default `TRAIN_DOCS_PER_LIST` per IVF list and
+    at least the sample faiss trains the codebooks on (PQ: 256 per codeword); all `num_docs` when there are no more."""
+    if max_train_docs is None:
+        index = faiss.index_factory(config.embedding_dim, config.index_factory_string, FAISS_METRICS[config.metric])
+        codebook_sample = faiss.extract_index_ivf(index).train_encoder_num_vectors()
+        max_train_docs = max(TRAIN_DOCS_PER_LIST * config.num_lists, codebook_sample)
+    return min(num_docs, max_train_docs)
+
+
+def train_faiss_index(doc_embeddings: np.ndarray, config: DistillVQConfig, seed: int = 1234,
+                      max_train_docs: int | None = None) -> faiss.Index:
+    """Train `config.index_factory_string` with faiss's own training (k-means for the lists and PQ, faiss's residual
+    quantizer training for RQ) on a random sample of the documents: the paper's initialisation.
+
+    Args:
+        doc_embeddings: `(N, dim)`, in memory or memory-mapped (only the sample is read into memory).
+        max_train_docs: the sample's size (default: `training_sample_size`).
 
     Raises:
-        ValueError: fewer documents than IVF lists or PQ codewords, or than OPQ training needs.
+        ValueError: fewer documents (or `max_train_docs`) than IVF lists or PQ codewords, or than OPQ training needs.
     """
+    sample = training_sample_size(config, len(doc_embeddings), max_train_docs)
     short = [f"{field}{_WHY.get(field, '')} needs {count}" for field, count in documents_needed(config).items()
-             if count > len(doc_embeddings)]
+             if count > sample]
     if short:
-        raise ValueError(f"{len(doc_embeddings)} documents are too few to train {config.index_factory_string}: "
+        limit = f" (max_train_docs={max_train_docs})" if sample < len(doc_embeddings) else ""
+        raise ValueError(f"{sample} documents{limit} are too few to train {config.index_factory_string}: "
                          f"{', '.join(short)}. Give more documents or lower those settings.")
+    if sample < len(doc_embeddings):  # read only the sample (sorted rows: a memory map is read in order)
+        rows = np.sort(np.random.default_rng(seed).choice(len(doc_embeddings), sample, replace=False))
+        doc_embeddings = doc_embeddings[rows]
     index = faiss.index_factory(config.embedding_dim, config.index_factory_string, FAISS_METRICS[config.metric])
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     ivf.cp.seed = seed
     get_quantizer(config.quantizer).prepare_training(config, ivf, seed)
-    index.train(np.ascontiguousarray(doc_embeddings, dtype=np.float32))
+    start = time.perf_counter()
+    with summarised_kmeans_warnings():
+        index.train(np.ascontiguousarray(doc_embeddings, dtype=np.float32))
+    logger.info(f"faiss: trained {config.index_factory_string} on {len(doc_embeddings)} documents in "
+                f"{time.perf_counter() - start:.1f} s")
     return index
+
+
+# faiss's k-means writes this from C++ to file descriptor 2 on every run short of points, whatever `verbose` says
+# (faiss/Clustering.cpp): OPQ training runs a k-means per sub-vector per iteration, 816 lines for OPQ16,...,PQ16x8.
+KMEANS_WARNING = re.compile(r"WARNING clustering (\d+) points to (\d+) centroids: please provide at least (\d+) "
+                            r"training points")
+
+
+@contextmanager
+def summarised_kmeans_warnings():
+    """Count faiss's k-means warnings (too few points per centroid) written in the block and log them in one line.
+
+    faiss writes them from C++ straight to file descriptor 2, out of reach of Python's `sys.stderr`, so the block's
+    fd 2 is a temporary file; at the end the other lines written there are passed on to fd 2 unchanged.
+    """
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved_stderr, 2)
+                captured.seek(0)
+                lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+                shortfalls = Counter(match.groups() for match in map(KMEANS_WARNING.search, lines) if match)
+                others = "".join(line for line in lines if not KMEANS_WARNING.search(line))
+                if others:
+                    os.write(2, others.encode())
+                if shortfalls:
+                    count = shortfalls.total()
+                    logger.info(f"faiss: {count} k-means warning{'s' if count > 1 else ''} (too few points per "
+                                f"centroid): {_shortfall_text(shortfalls)}")
+    finally:
+        os.close(saved_stderr)
+
+
+def _shortfall_text(shortfalls: Counter) -> str:
+    """E.g. `816 x 1000 points to 256 centroids, faiss advises at least 9984`."""
+    return "; ".join(f"{count} x {points} points to {centroids} centroids, faiss advises at least {advised}"
+                     for (points, centroids, advised), count in shortfalls.most_common())
 
 
 def flat_index(doc_embeddings, metric: str = "inner_product", batch_size: int = 65536) -> faiss.Index:
@@ -197,3 +279,10 @@ def write_index(index: faiss.Index, path) -> None:
     """Write a faiss index atomically (temp file + rename)."""
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
+
+
+__all__ = [
+    "FAISS_METRICS", "KMEANS_WARNING", "OPQ_MIN_DOCUMENTS", "TRAIN_DOCS_PER_LIST", "build_faiss_index",
+    "documents_needed", "flat_index", "read_faiss_index", "summarised_kmeans_warnings", "train_faiss_index",
+    "training_sample_size", "write_index",
+]

@@ -216,12 +216,14 @@ class DistillVQModel(DistillVQPreTrainedModel):
         return model
 
     @classmethod
-    def from_embeddings(cls, doc_embeddings, config: DistillVQConfig, seed: int = 1234) -> "DistillVQModel":
-        """Train faiss's initialisation (the paper's starting point) on `doc_embeddings (N, dim)`."""
+    def from_embeddings(cls, doc_embeddings, config: DistillVQConfig, seed: int = 1234,
+                        max_train_docs: int | None = None) -> "DistillVQModel":
+        """Train faiss's initialisation (the paper's starting point) on a random sample of `doc_embeddings (N, dim)`
+        (array or memory map) of at most `max_train_docs` documents (default: see `faiss_bridge.train_faiss_index`)."""
         docs = check_embeddings(
             doc_embeddings, "doc_embeddings", config.embedding_dim, min_rows=max(config.num_lists, 1)
         )
-        index = train_faiss_index(docs, config, seed=seed)
+        index = train_faiss_index(docs, config, seed=seed, max_train_docs=max_train_docs)
         extra = {key: getattr(config, key) for key in config.to_diff_dict() if key not in _FAISS_FIELDS}
         return cls.from_faiss(index, **extra)
 
@@ -282,10 +284,11 @@ class DistillVQModel(DistillVQPreTrainedModel):
     def quantize(self, doc_embeddings, batch_size: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode `doc_embeddings (N, dim)` as the exported index stores them, in float32 with autocast off:
         `(list_ids (N,), codes (N, num_codes))`."""
-        docs = torch.from_numpy(check_embeddings(doc_embeddings, "doc_embeddings", self.config.embedding_dim))
+        docs = check_embeddings(doc_embeddings, "doc_embeddings", self.config.embedding_dim)
         list_ids, codes = [], []
         with torch.autocast(self.device.type, enabled=False):
-            for batch in docs.to(self.device).split(batch_size):
+            for start in range(0, len(docs), batch_size):  # one batch in memory at a time (docs may be a memmap)
+                batch = torch.tensor(docs[start : start + batch_size], device=self.device)
                 rotated = self.rotate(batch)
                 lists = self.assign_lists(rotated)
                 list_ids.append(lists)

@@ -3,7 +3,8 @@ deleting what the run does not own), checked when read back.
 
     config.json, model.safetensors   the trained `DistillVQModel` (`save_pretrained`)
     index.faiss, doc_ids.json        the exported faiss index and its row -> document id mapping
-    index_config.json                nprobe, the data sources and the sha256 of the two index files
+    baseline.faiss                   faiss's own training of the same index, the baseline `evaluate` compares with
+    index_config.json                nprobe, the data sources and the sha256 of the index files
     results.json, results.md         the evaluation of exact search, faiss and distill-vq
     recall.png                       a bar chart of those results
     README.md, model_card_data.json  the model card and its facts (see `model_card`)
@@ -53,6 +54,7 @@ from .model_card import CARD_DATA_FILE, CARD_FILE
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
+BASELINE_INDEX_FILE = "baseline.faiss"
 DOC_IDS_FILE = "doc_ids.json"
 INDEX_CONFIG_FILE = "index_config.json"
 RESULTS_FILE = "results.json"
@@ -64,9 +66,12 @@ TRAINER_STATE_FILE = "trainer_state.json"  # a checkpoint is complete once the T
 CHECKSUMMED_FILES = (INDEX_FILE, DOC_IDS_FILE)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 OWNED_NAMES = frozenset({
-    CONFIG_NAME, SAFE_WEIGHTS_NAME, INDEX_FILE, DOC_IDS_FILE, INDEX_CONFIG_FILE, RESULTS_FILE, RESULTS_MARKDOWN_FILE,
-    CHART_FILE, CARD_FILE, CARD_DATA_FILE, CHECKPOINTS_DIR, *TOKENIZER_FILES,
+    CONFIG_NAME, SAFE_WEIGHTS_NAME, INDEX_FILE, BASELINE_INDEX_FILE, DOC_IDS_FILE, INDEX_CONFIG_FILE, RESULTS_FILE,
+    RESULTS_MARKDOWN_FILE, CHART_FILE, CARD_FILE, CARD_DATA_FILE, CHECKPOINTS_DIR, *TOKENIZER_FILES,
 })
+# A pushed repository's config names the subfolder that carries its document encoder (`hub.push_output_dir`).
+ENCODER_SUBFOLDER_KEY = "encoder_subfolder"
+EVALUATED_KEY = "evaluated_folder"  # what `distill-vq evaluate` records in its results.json: the folder evaluated
 CHART_METRICS = ("recall_vs_exact@10", "recall_vs_exact@100", "mrr@10", "ndcg@10")
 REWRITE = "restore the folder from a copy, or write it again with `distill-vq train`"
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
@@ -217,11 +222,17 @@ def check_run_signature(checkpoint: str | Path, signature: dict) -> None:
 # ----- the index files and the config -----
 
 
-def write_index_files(folder: Path, index: faiss.Index, doc_ids: list[str], index_config: dict) -> None:
-    """Write `index.faiss`, `doc_ids.json` and `index_config.json` (with the sha256 of the first two) into `folder`."""
+def write_index_files(folder: Path, index: faiss.Index, doc_ids: list[str], index_config: dict,
+                      baseline_index: faiss.Index | None = None) -> None:
+    """Write `index.faiss`, `doc_ids.json`, `baseline.faiss` (faiss's own training of the index, when given) and
+    `index_config.json` (with the sha256 of the others) into `folder`."""
     write_index(index, folder / INDEX_FILE)
     write_json(folder / DOC_IDS_FILE, doc_ids)
-    sha256 = {name: _sha256(folder / name) for name in CHECKSUMMED_FILES}
+    names = CHECKSUMMED_FILES
+    if baseline_index is not None:
+        write_index(baseline_index, folder / BASELINE_INDEX_FILE)
+        names = (*names, BASELINE_INDEX_FILE)
+    sha256 = {name: _sha256(folder / name) for name in names}
     write_json(folder / INDEX_CONFIG_FILE, {**index_config, "sha256": sha256})
 
 
@@ -254,9 +265,24 @@ def read_index_files(folder: str | Path, nprobe: int | None = None) -> tuple[fai
     return index, doc_ids, index_config
 
 
+def read_baseline_index(folder: str | Path, index_config: dict, nprobe: int | None = None) -> faiss.Index | None:
+    """The faiss baseline that `train` kept in `folder` (`baseline.faiss`, checked against the sha256 recorded in
+    `index_config`), searching `nprobe` lists (default: the stored nprobe); None for a folder without one (written
+    before distill-vq kept it)."""
+    path = Path(folder) / BASELINE_INDEX_FILE
+    if not path.is_file():
+        return None
+    _verify_sha256(Path(folder), index_config.get("sha256", {}), (BASELINE_INDEX_FILE,))
+    index = _read_ivf_index(path)
+    faiss.extract_index_ivf(index).nprobe = nprobe or index_config["nprobe"]
+    return index
+
+
 def read_config(folder: str | Path, name: str | None = None) -> DistillVQConfig:
     """The `DistillVQConfig` of a saved quantizer's folder (`name` describes it in errors, default: the folder);
-    a missing, damaged or invalid `config.json`, or another model's, raises a `ValueError` naming it."""
+    a missing, damaged or invalid `config.json`, or another model's, raises a `ValueError` naming it. When the
+    folder carries its document encoder (a repository pushed with `--include-encoder`: `encoder_subfolder`), the
+    config's `encoder_name_or_path` is that subfolder, so that whatever loads the encoder from the config uses it."""
     path = Path(folder) / CONFIG_NAME
     where = name or str(folder)
     if not path.is_file():
@@ -266,9 +292,17 @@ def read_config(folder: str | Path, name: str | None = None) -> DistillVQConfig:
     if values.get("model_type") != DistillVQConfig.model_type:
         raise ValueError(f"{where} holds a {values.get('model_type')!r} model, not a distill_vq quantizer.")
     try:
-        return DistillVQConfig.from_dict(values)
+        config = DistillVQConfig.from_dict(values)
     except ValueError as error:
         raise DataError(f"{path}: {error}") from error
+    subfolder = values.get(ENCODER_SUBFOLDER_KEY)
+    if subfolder is not None:
+        parts = Path(subfolder).parts if isinstance(subfolder, str) else ()
+        if not parts or Path(subfolder).is_absolute() or ".." in parts:
+            raise DataError(f"{path}: {ENCODER_SUBFOLDER_KEY}={subfolder!r} must name a folder inside {where}, such "
+                            "as 'encoder'; fix config.json, or push the folder again.")
+        config.encoder_name_or_path, config.encoder_revision = str(_absolute(Path(folder) / subfolder)), None
+    return config
 
 
 def read_output_folder(folder: str | Path, nprobe: int | None = None) -> tuple[DistillVQConfig, faiss.Index,
@@ -289,11 +323,17 @@ def read_output_folder(folder: str | Path, nprobe: int | None = None) -> tuple[D
 
 
 def check_results_dir(results_dir: str | Path) -> None:
-    """Refuse to write evaluation results into an output folder or a saved model's folder: its own results would
-    be replaced, and pushed with the model."""
-    if is_output_folder(results_dir) or (Path(results_dir) / CONFIG_NAME).is_file():
+    """Refuse to write evaluation results into an output folder or a saved model's folder (its own results would
+    be replaced, and pushed with the model), or over results files that `distill-vq evaluate` did not write there
+    (its `results.json` records the `EVALUATED_KEY`); earlier evaluation results are replaced."""
+    results_dir = Path(results_dir)
+    if is_output_folder(results_dir) or (results_dir / CONFIG_NAME).is_file():
         raise DataError(f"--results-dir {results_dir} is a distill-vq output or model folder, whose results.json the "
-                        "evaluation would replace; choose another folder (default: OUTPUT_DIR/evaluation).")
+                        "evaluation would replace; choose another folder (default: ./evaluation).")
+    present = [name for name in (RESULTS_FILE, RESULTS_MARKDOWN_FILE, CHART_FILE) if (results_dir / name).exists()]
+    if present and not _is_evaluation(results_dir / RESULTS_FILE):
+        raise DataError(f"--results-dir {results_dir} holds {', '.join(present)} that `distill-vq evaluate` did not "
+                        "write, which the evaluation would replace; choose another --results-dir, or move them.")
 
 
 def write_results(folder: Path, results: dict) -> str:
@@ -451,14 +491,24 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def _verify_sha256(folder: Path, recorded: dict) -> None:
-    """Compare the index files with the sha256 that `write_index_files` recorded (folders without them pass)."""
+def _verify_sha256(folder: Path, recorded: dict, names: tuple[str, ...] = CHECKSUMMED_FILES) -> None:
+    """Compare the index files `names` with the sha256 that `write_index_files` recorded (folders without them
+    pass)."""
     if not isinstance(recorded, dict):
         raise DataError(f"{folder / INDEX_CONFIG_FILE}: sha256 must map file names to digests; {REWRITE}.")
-    for name in CHECKSUMMED_FILES:
+    for name in names:
         if name in recorded and _sha256(folder / name) != recorded[name]:
             raise DataError(f"{folder / name} does not match the sha256 recorded in {INDEX_CONFIG_FILE}: it was "
                             f"changed or damaged after it was written; {REWRITE}.")
+
+
+def _is_evaluation(path: Path) -> bool:
+    """Whether `path` is a `results.json` that `distill-vq evaluate` wrote."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(results, dict) and EVALUATED_KEY in results
 
 
 def _read_json(path: Path, kind: type) -> dict | list:
@@ -488,9 +538,10 @@ def _read_ivf_index(path: Path) -> faiss.Index:
 
 
 __all__ = [
-    "CHART_FILE", "CHECKPOINTS_DIR", "DOC_IDS_FILE", "INDEX_CONFIG_FILE", "INDEX_FILE", "OWNED_NAMES", "RESULTS_FILE",
-    "RESULTS_MARKDOWN_FILE", "RUN_SIGNATURE_FILE", "TRAINER_STATE_FILE", "check_results_dir", "check_run_signature",
-    "check_writable", "is_output_folder", "last_checkpoint", "output_folder_lock", "plot_results", "read_config",
-    "read_index_files", "read_output_folder", "recover_interrupted_swap", "staged_folder", "write_index_files",
-    "write_results", "write_run_signature",
+    "BASELINE_INDEX_FILE", "CHART_FILE", "CHECKPOINTS_DIR", "DOC_IDS_FILE", "ENCODER_SUBFOLDER_KEY", "EVALUATED_KEY",
+    "INDEX_CONFIG_FILE", "INDEX_FILE", "OWNED_NAMES", "RESULTS_FILE", "RESULTS_MARKDOWN_FILE", "RUN_SIGNATURE_FILE",
+    "TRAINER_STATE_FILE", "check_results_dir", "check_run_signature", "check_writable", "is_output_folder",
+    "last_checkpoint", "output_folder_lock", "plot_results", "read_baseline_index", "read_config", "read_index_files",
+    "read_output_folder", "recover_interrupted_swap", "staged_folder", "write_index_files", "write_results",
+    "write_run_signature",
 ]

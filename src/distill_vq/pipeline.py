@@ -19,7 +19,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +29,19 @@ from datasets import Dataset, IterableDataset
 from .configuration_distill_vq import DistillVQConfig
 from .data import DataError, RetrievalTask, load_task, read_embeddings
 from .encoding import TextEncoder, encode_dataset_cached, resolve_encoder
-from .evaluation import compare_indexes, evaluation_cutoffs
+from .evaluation import LABEL_METRICS_BY, compare_indexes, evaluation_cutoffs, paired_bootstrap_interval
 from .faiss_bridge import documents_needed, flat_index
 from .io_utils import is_hub_id
 from .modeling_distill_vq import DistillVQModel
 from .query_encoding import ModelQueryEncoder, check_query_encoder, query_encoder_for, query_tokenizer
 from .output_folder import (
-    CHECKPOINTS_DIR, INDEX_CONFIG_FILE, TRAINER_STATE_FILE, check_results_dir, check_run_signature, last_checkpoint,
-    read_output_folder, staged_folder, write_index_files, write_results, write_run_signature,
+    BASELINE_INDEX_FILE, CHECKPOINTS_DIR, EVALUATED_KEY, INDEX_CONFIG_FILE, TRAINER_STATE_FILE, check_results_dir,
+    check_run_signature, last_checkpoint, read_baseline_index, read_output_folder, staged_folder, write_index_files,
+    write_results, write_run_signature,
 )
 from .settings import (
-    DEFAULT_CACHE_DIR, DEFAULT_ENCODER_NAME, DEFAULT_EVAL_SPLIT, DEFAULT_OUTPUT_DIR, MIN_POINTS_PER_LIST, TrainSettings,
+    DEFAULT_CACHE_DIR, DEFAULT_ENCODER_NAME, DEFAULT_EVAL_SPLIT, DEFAULT_OUTPUT_DIR, METRICS, MIN_POINTS_PER_LIST,
+    TextColumns, TrainSettings,
 )
 from .trainer import DistillVQTrainer, DistillVQTrainingArguments
 from .validation import check_embeddings
@@ -67,7 +69,8 @@ class TaskEmbeddings:
 
 @dataclass
 class TrainRun:
-    """What `train` did: the output folder, its results (as in `results.json`) and the one-line headline."""
+    """What `train` (or `evaluate`) did: the folder it wrote, its results (as in `results.json`), the one-line
+    headline (empty when there is no faiss baseline to compare with) and the warnings."""
 
     output_dir: Path
     results: dict
@@ -132,7 +135,7 @@ def embed_task(task: RetrievalTask, settings: TrainSettings, encoder_name: str |
     if settings.doc_embeddings is not None:
         docs = read_embeddings(settings.doc_embeddings, num_docs, "corpus")
     else:
-        docs = encode_dataset_cached(encoder, task.corpus, "text", cache_dir, accelerator=state)
+        docs = encode_dataset_cached(encoder, task.corpus, "text", cache_dir, accelerator=state, role="document")
     docs = check_embeddings(docs, "doc embeddings")
     if encoder is not None and encoder.embedding_dim != docs.shape[1]:
         raise DataError(f"{name} makes {encoder.embedding_dim}-d embeddings but the documents' are "
@@ -142,9 +145,18 @@ def embed_task(task: RetrievalTask, settings: TrainSettings, encoder_name: str |
     elif settings.query_embeddings is not None:
         queries = read_embeddings(settings.query_embeddings, num_queries, "queries", dim=docs.shape[1])
     else:
-        queries = encode_dataset_cached(encoder, task.queries, "text", cache_dir, accelerator=state)
+        queries = encode_dataset_cached(encoder, task.queries, "text", cache_dir, accelerator=state, role="query")
     queries = check_embeddings(queries, "query embeddings")
+    if settings.metric == "cosine":
+        docs = l2_normalized(docs)
+        queries = docs if task.pseudo_queries else l2_normalized(queries)
     return TaskEmbeddings(docs, queries, name, None if encoder is None else encoder.revision)
+
+
+def l2_normalized(embeddings: np.ndarray) -> np.ndarray:
+    """`(N, dim)` rows scaled to unit length (zero rows stay zero), for `metric="cosine"`."""
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return np.asarray(embeddings / np.maximum(norms, np.finfo(np.float32).tiny), dtype=np.float32)
 
 
 def build_config(settings: TrainSettings, num_docs: int, embedding_dim: int, encoder_name: str | None = None,
@@ -155,15 +167,18 @@ def build_config(settings: TrainSettings, num_docs: int, embedding_dim: int, enc
         embedding_dim=embedding_dim, num_lists=settings.num_lists or auto_num_lists(num_docs),
         quantizer=settings.quantizer, num_subvectors=settings.num_subvectors, num_codebooks=settings.num_codebooks,
         bits_per_subvector=settings.bits_per_subvector,
-        nprobe=settings.nprobe, use_rotation=settings.use_rotation, encoder_name_or_path=encoder_name,
+        nprobe=settings.nprobe, use_rotation=settings.use_rotation, metric=METRICS[settings.metric],
+        encoder_name_or_path=encoder_name,
         encoder_revision=encoder_revision,
     )
     needs = documents_needed(config)
     too_many = [FLAG_OF_SETTING[setting] for setting, count in needs.items() if count > num_docs]
     if too_many:
+        fix = f"a smaller --index-factory than {settings.index_factory}" if settings.index_factory else \
+            " / ".join(too_many)
         raise DataError(
             f"{num_docs} documents are too few to train {config.index_factory_string} (it needs "
-            f"{max(needs.values())}); use more documents, or {' / '.join(too_many)}."
+            f"{max(needs.values())}); use more documents, or {fix}."
         )
     return config
 
@@ -241,17 +256,31 @@ def evaluation_facts(task: RetrievalTask, indexes: dict, embeddings: TaskEmbeddi
     """The evaluation's setting and one result row per index (for results.json, results.md and the card); an index
     named in `index_queries` is searched with those query embeddings (a trained query encoder's) instead of the
     teacher's."""
-    metrics = compare_indexes(indexes, embeddings.docs, task.doc_ids, embeddings.queries[eval_rows],
-                              task.qrels_for(eval_rows), config.metric, index_queries)
+    qrels = task.qrels_for(eval_rows)
+    metrics, per_query = compare_indexes(indexes, embeddings.docs, task.doc_ids, embeddings.queries[eval_rows],
+                                         qrels, config.metric, index_queries, return_per_query=True)
     bytes_per_vector = {EXACT: 4 * config.embedding_dim}
     return {
         "corpus_name": task.corpus_name, "num_docs": len(embeddings.docs), "num_eval_queries": len(eval_rows),
         "eval_name": task.eval_name, "embedding_dim": config.embedding_dim, "metric": config.metric,
+        **({"label_metrics_by": LABEL_METRICS_BY} if qrels is not None else {}), **_gain_interval(per_query),
         "results": [
             {"index": name, "bytes/vector": bytes_per_vector.get(name, _number(config.bytes_per_vector)), **values}
             for name, values in metrics.items()
         ],
     }
+
+
+def _gain_interval(per_query: dict[str, dict[str, np.ndarray]], confidence: float = 0.95) -> dict:
+    """`{"gain_interval": ...}`: the paired bootstrap interval of distill-vq's per-query gain over the baseline (the one
+    index that is neither exact search nor distill-vq) on the headline's metric; `{}` without such a pair."""
+    baselines = [name for name in per_query if name not in (EXACT, DISTILLED)]
+    if DISTILLED not in per_query or len(baselines) != 1:
+        return {}
+    metric = f"recall_vs_exact@{evaluation_cutoffs(10**9)[0]}"
+    low, high = paired_bootstrap_interval(per_query[DISTILLED][metric], per_query[baselines[0]][metric], confidence)
+    return {"gain_interval": {"metric": metric, "baseline": baselines[0], "confidence": confidence,
+                              "interval": [low, high]}}
 
 
 def gain_summary(rows: list[dict], baseline_name: str, bytes_per_vector: float) -> str:
@@ -268,23 +297,42 @@ def gain_summary(rows: list[dict], baseline_name: str, bytes_per_vector: float) 
     return text
 
 
-def headline_warnings(rows: list[dict], baseline_name: str, num_eval_queries: int) -> list[str]:
+def headline_warnings(rows: list[dict], baseline_name: str, num_eval_queries: int,
+                      gain_interval: dict | None = None) -> list[str]:
     """What the headline's gain does not show: each reported metric that distill-vq makes worse than the baseline,
-    and too few evaluation queries to trust small differences."""
+    and too few evaluation queries to trust small differences, with the `gain_interval` that `evaluation_facts`
+    records when given."""
     by_name = {row["index"]: row for row in rows}
     before, after = by_name[baseline_name], by_name[DISTILLED]
     metrics = [name for name in after if name != "qps" and isinstance(after[name], float) and name in before]
     worse = [f"{name} {before[name]:.3f} -> {after[name]:.3f}" for name in metrics if after[name] < before[name] - 5e-4]
     warnings = [f"distill-vq is worse than {baseline_name} on {', '.join(worse)}"] if worse else []
     if num_eval_queries < MIN_CONFIDENT_QUERIES:
-        warnings.append(f"only {num_eval_queries} evaluation queries: differences of a few hundredths may be noise; "
-                        f"evaluate on {MIN_CONFIDENT_QUERIES} or more")
+        interval = ""
+        if gain_interval is not None:
+            low, high = gain_interval["interval"]
+            interval = (f" ({gain_interval['confidence']:.0%} bootstrap interval of the {gain_interval['metric']} "
+                        f"gain: [{low:+.3f}, {high:+.3f}])")
+        warnings.append(f"only {num_eval_queries} evaluation queries: differences of a few hundredths may be noise"
+                        f"{interval}; evaluate on {MIN_CONFIDENT_QUERIES} or more")
     return warnings
 
 
+def add_headline(results: dict, baseline_name: str, bytes_per_vector: float) -> str:
+    """Add the `summary` (`gain_summary` as a sentence) and the `warnings` (`headline_warnings`) to the results of
+    `evaluation_facts`; return the headline."""
+    headline = gain_summary(results["results"], baseline_name, bytes_per_vector)
+    results["summary"] = headline[0].upper() + headline[1:] + "."
+    results["warnings"] = headline_warnings(results["results"], baseline_name, results["num_eval_queries"],
+                                            results.get("gain_interval"))
+    return headline
+
+
 def write_output_folder(folder: Path, model: DistillVQModel, index, task: RetrievalTask, settings: TrainSettings,
-                        results: dict, tokenizer=None) -> str:
-    """Write the model with its card (and its query encoder's `tokenizer`), the index files and the results into
+                        results: dict, tokenizer=None, baseline_name: str | None = None,
+                        baseline_index=None) -> str:
+    """Write the model with its card (and its query encoder's `tokenizer`), the index files (with the faiss
+    baseline, `baseline_index` named `baseline_name`, which `evaluate` compares with again) and the results into
     `folder`; return the results table."""
     card_data = model.model_card_data  # attached and filled by DistillVQTrainer's card callback
     card_data.model_id = card_data.model_id or str(settings.output_dir)
@@ -298,8 +346,10 @@ def write_output_folder(folder: Path, model: DistillVQModel, index, task: Retrie
         "index_factory": model.config.index_factory_string, "nprobe": model.config.nprobe,
         "num_docs": len(task.doc_ids), "corpus": recorded_source(task.corpus_source),
         "queries": recorded_source(settings.queries), "qrels": recorded_source(settings.qrels),
-        "eval_split": settings.eval_split or DEFAULT_EVAL_SPLIT, "seed": settings.seed,
-    })
+        "eval_split": settings.eval_split or DEFAULT_EVAL_SPLIT, "seed": settings.seed, "metric": settings.metric,
+        "corpus_columns": asdict(settings.corpus_columns), "query_columns": asdict(settings.query_columns),
+        **({"baseline": baseline_name} if baseline_index is not None else {}),
+    }, baseline_index)
     return write_results(folder, results)
 
 
@@ -318,7 +368,8 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
     state = PartialState()  # after the training arguments, whose --ddp-* settings start the process group
     with staged_folder(settings.output_dir, state, settings.overwrite_output_dir) as folder:
         progress(f"Loading {'the packaged default data' if settings.corpus is None else settings.corpus}")
-        task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT)
+        task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT,
+                         settings.corpus_columns, settings.query_columns)
         check_settings(settings, task)
         checkpoint = resume_checkpoint(training_args.resume_from_checkpoint, settings.output_dir)
         embeddings = embed_task(task, settings, state=state, progress=progress)
@@ -339,7 +390,7 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
         progress(f"Training faiss {config.index_factory_string} on {len(docs)} documents "
                  f"({config.bytes_per_vector:g} bytes/vector)")
         model = DistillVQModel.from_embeddings(docs, config, seed=settings.seed)  # DDP broadcasts the main process's
-        baseline_name = f"faiss {config.index_factory_string}"
+        baseline_name = f"faiss {settings.index_factory or config.index_factory_string}"
         baseline_index = model.to_faiss(docs) if state.is_main_process else None
         tokenizer = None
         if settings.query_adapter:
@@ -368,6 +419,7 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
             **evaluation_facts(task, indexes, embeddings, eval_rows, config, index_queries),
             "num_train_queries": len(train_queries), "base_model": embeddings.encoder_name,
             "dataset_id": _hub_dataset_id(task.corpus_source), "index_factory": config.index_factory_string,
+            "requested_index_factory": settings.index_factory,
             "num_lists": config.num_lists, "quantizer": config.quantizer, "num_codes": config.num_codes,
             "bits_per_subvector": config.bits_per_subvector, "bytes_per_vector": _number(config.bytes_per_vector),
             "use_rotation": config.use_rotation, "nprobe": config.nprobe, "loss": training_args.loss,
@@ -377,40 +429,58 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
             "num_processes": state.num_processes, "training_seconds": round(training_seconds, 1),
             "queries_by": queries_by,
         }
-        headline = gain_summary(results["results"], baseline_name, config.bytes_per_vector)
-        results["summary"] = headline[0].upper() + headline[1:] + "."
-        results["warnings"] = headline_warnings(results["results"], baseline_name, len(eval_rows))
+        headline = add_headline(results, baseline_name, config.bytes_per_vector)
         progress(f"Writing {settings.output_dir}")
-        table = write_output_folder(folder, model, indexes[DISTILLED], task, settings, results, tokenizer)
+        table = write_output_folder(folder, model, indexes[DISTILLED], task, settings, results, tokenizer,
+                                    baseline_name, baseline_index)
         if not any(folder.glob(f"{CHECKPOINTS_DIR}/checkpoint-*")):  # save_strategy="no": only the signature
             shutil.rmtree(folder / CHECKPOINTS_DIR, ignore_errors=True)
     return TrainRun(Path(settings.output_dir), results, headline, table, results["warnings"])
 
 
 def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
-             progress: Callable[[str], None] = logger.info) -> str:
-    """Evaluate an output folder's index against exact search on `settings`' data (default: the data it was trained
-    with) and write the results to `results_dir`; return the results table."""
+             progress: Callable[[str], None] = logger.info) -> TrainRun:
+    """Evaluate an output folder's index against exact search and the faiss baseline that `train` kept (on the
+    corpus it was trained on) on `settings`' data (default: the data it was trained with), and write the results to
+    `results_dir`; return them with the headline and warnings, as `train` does."""
     check_results_dir(results_dir)
     config, index, doc_ids, index_config = read_output_folder(output_dir, settings.nprobe)
+    baseline_name = index_config.get("baseline", f"faiss {config.index_factory_string}")
+    baseline_index = read_baseline_index(output_dir, index_config, settings.nprobe)
     if config.query_encoder_config is not None and settings.query_embeddings is not None:
         raise DataError(f"{output_dir} embeds queries with its own query encoder, so --query-embeddings (another "
                         "encoder's) cannot search it; drop --query-embeddings.")
+    corpus_columns, query_columns = settings.corpus_columns, settings.query_columns
     if settings.corpus is None:  # the data the index was trained with
         recorded = _recorded_data(index_config, Path(output_dir) / INDEX_CONFIG_FILE)
         settings.corpus, settings.queries = recorded["corpus"], settings.queries or recorded["queries"]
         settings.qrels = settings.qrels or recorded["qrels"]
         settings.eval_split = settings.eval_split or recorded["eval_split"]
+        where = Path(output_dir) / INDEX_CONFIG_FILE
+        if corpus_columns == TextColumns():
+            corpus_columns = TextColumns.from_dict(index_config.get("corpus_columns"), f"{where}: corpus_columns")
+        if query_columns == TextColumns():
+            query_columns = TextColumns.from_dict(index_config.get("query_columns"), f"{where}: query_columns")
+    settings.metric = index_config.get("metric", "ip")  # cosine: the embeddings are normalised as in training
     progress(f"Loading {'the packaged default data' if settings.corpus is None else settings.corpus}")
-    task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT)
+    task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT,
+                     corpus_columns, query_columns)
     embeddings = embed_task(task, settings, config.encoder_name_or_path or DEFAULT_ENCODER_NAME,
                             revision=config.encoder_revision, progress=progress)
     if embeddings.docs.shape[1] != config.embedding_dim:
         raise DataError(f"The documents' embeddings are {embeddings.docs.shape[1]}-d but {output_dir} indexes "
                         f"{config.embedding_dim}-d ones; pass embeddings of the encoder it was trained with.")
+    missing_baseline = None if baseline_index is not None else (
+        f"no {baseline_name} row: {output_dir} has no {BASELINE_INDEX_FILE}, the faiss baseline that `distill-vq "
+        "train` now keeps (older output folders and repositories pushed without it lack it); train again to compare "
+        "with faiss")
     if task.doc_ids != doc_ids:  # another corpus: index it with the trained quantizer
         model = DistillVQModel.from_pretrained(output_dir)
         index = model.to_faiss(embeddings.docs, settings.nprobe or index_config["nprobe"])
+        if baseline_index is not None:
+            baseline_index = None
+            missing_baseline = (f"no {baseline_name} row: {BASELINE_INDEX_FILE} indexes the corpus the index was "
+                                "trained on, not this one")
     seed = index_config.get("seed", settings.seed)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise DataError(f"{Path(output_dir) / INDEX_CONFIG_FILE}: seed={seed!r} is not an integer; restore the file.")
@@ -419,10 +489,19 @@ def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
     if config.query_encoder_config is not None:  # never the teacher's queries for a trained query encoder
         query_texts = task.queries.select(eval_rows)["text"]
         index_queries = {DISTILLED: query_encoder_for(output_dir, config).encode(query_texts, show_progress=False)}
-    progress(f"Evaluating exact search and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
-    results = evaluation_facts(task, {EXACT: flat_index(embeddings.docs, config.metric), DISTILLED: index},
-                               embeddings, eval_rows, config, index_queries)
-    return write_results(results_dir, results)
+    indexes = {EXACT: flat_index(embeddings.docs, config.metric),
+               **({baseline_name: baseline_index} if baseline_index is not None else {}), DISTILLED: index}
+    compared = f"exact search, {baseline_name} and" if baseline_index is not None else "exact search and"
+    progress(f"Evaluating {compared} distill-vq on {len(eval_rows)} queries ({task.eval_name})")
+    results = {**evaluation_facts(task, indexes, embeddings, eval_rows, config, index_queries),
+               EVALUATED_KEY: str(output_dir)}
+    headline = ""
+    if baseline_index is None:
+        results["warnings"] = [missing_baseline]
+    else:
+        headline = add_headline(results, baseline_name, config.bytes_per_vector)
+    table = write_results(results_dir, results)
+    return TrainRun(Path(results_dir), results, headline, table, results["warnings"])
 
 
 def recorded_source(source: str | None) -> str | None:
@@ -457,7 +536,8 @@ def _number(value: float) -> int | float:
 
 
 __all__ = [
-    "DEFAULT_CACHE_DIR", "DEFAULT_OUTPUT_DIR", "TaskEmbeddings", "TrainRun", "TrainSettings", "auto_num_lists",
+    "DEFAULT_CACHE_DIR", "DEFAULT_OUTPUT_DIR", "TaskEmbeddings", "TrainRun", "TrainSettings", "add_headline",
+    "auto_num_lists",
     "build_config", "check_settings", "distill", "embed_task", "evaluate", "evaluation_facts", "gain_summary",
     "headline_warnings",
     "query_side",

@@ -12,12 +12,14 @@ import hashlib
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from .configuration_distill_vq import DistillVQConfig
-from .encoding import TextEncoder, resolve_encoder
+from .encoding import Role, TextEncoder, resolve_encoder
 from .modeling_distill_vq import DistillVQModel, check_layers
+from .output_folder import read_config
 
 
 class ModelQueryEncoder(TextEncoder):
@@ -41,8 +43,6 @@ class ModelQueryEncoder(TextEncoder):
         self.device = torch.device(device) if device is not None else model.device
         self.tokenizer = tokenizer
         self.model = model.eval()
-        self.pooling = model.config.query_pooling
-        self.normalize = model.config.normalize_query_embeddings
         self.max_seq_length = max_seq_length
         self.embedding_dim = model.config.embedding_dim
 
@@ -57,9 +57,12 @@ class ModelQueryEncoder(TextEncoder):
                 digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def embed_tokens(self, tokens) -> torch.Tensor:
-        """Tokenized queries -> `(batch, dim)`: `model.encode_queries` (pooling, projection, normalisation)."""
-        return self.model.encode_queries(**tokens)
+    def _embed_batch(self, texts: list[str], role: Role | None) -> np.ndarray:
+        """One batch of queries `(batch,)` -> `(batch, dim)`: tokenized, then `model.encode_queries` (pooling,
+        projection, normalisation); `role` changes nothing, this encoder embeds queries only."""
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
+                                return_tensors="pt").to(self.model.device)
+        return self.model.encode_queries(**tokens).float().cpu().numpy()
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase, vocab_size: int, encoder_name: str) -> None:
@@ -89,8 +92,8 @@ def query_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 def query_encoder_for(folder: str | Path, config: DistillVQConfig | None = None) -> TextEncoder:
     """The encoder of an output folder's queries: the model's own (with the tokenizer saved beside it), else the
-    document encoder its config names."""
-    config = config or DistillVQConfig.from_pretrained(folder)
+    document encoder its config names (or the copy the folder carries; see `output_folder.read_config`)."""
+    config = config or (read_config(folder) if Path(folder).is_dir() else DistillVQConfig.from_pretrained(folder))
     if config.query_encoder_config is None:
         return TextEncoder(config.encoder_name_or_path, revision=config.encoder_revision)
     try:

@@ -43,7 +43,7 @@ class Retriever:
     def search(self, queries: str | list[str], k: int = 10) -> list[list[dict]]:
         """The top `k` documents of each query, best first: `{"corpus_id": row, "id": doc id, "score": score}`."""
         texts = [queries] if isinstance(queries, str) else list(queries)
-        scores, rows = self.index.search(self.encoder.encode(texts, show_progress=False), min(k, len(self.doc_ids)))
+        scores, rows = self.index.search(self.encoder.encode(texts, show_progress=False, role="query"), min(k, len(self.doc_ids)))
         return [[{"corpus_id": int(row), "id": self.doc_ids[row], "score": float(score)}
                  for score, row in zip(query_scores, query_rows) if row >= 0]
                 for query_scores, query_rows in zip(scores, rows)]
