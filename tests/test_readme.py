@@ -138,6 +138,12 @@ def check_use_it_from_python(ns: dict, folder: Path) -> None:
     assert ns["model"].config.index_factory_string == "OPQ16,IVF128,PQ16x8"
 
 
+def check_datasets_index(ns: dict, folder: Path) -> None:
+    assert ns["corpus"].get_index("embedding").faiss_index.ntotal == 5000
+    _, rows = ns["model"].to_faiss(ns["doc_embeddings"], nprobe=32).search(ns["query_embeddings"][:1], 3)
+    assert ns["found"]["_id"] == [ns["data"].corpus[int(row)]["_id"] for row in rows[0]]  # the same index's answer
+
+
 def check_residual_quantization(ns: dict, folder: Path) -> None:
     assert ns["rq_model"].config.quantizer == "rq" and ns["rq_index"].ntotal == 5000
 
@@ -157,7 +163,7 @@ def check_query_side(ns: dict, folder: Path) -> None:
     assert DistillVQModel.from_pretrained(folder / "student").config.query_encoder_layers == [0, 2, 4]
 
 
-CHECKS = [check_use_it_from_python, check_residual_quantization, check_train_from_python, check_share_on_the_hub,
+CHECKS = [check_use_it_from_python, check_datasets_index, check_residual_quantization, check_train_from_python, check_share_on_the_hub,
           check_query_side]
 
 

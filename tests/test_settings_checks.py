@@ -101,7 +101,8 @@ def finished_run(packaged_run):
     (["--num-lists", "32"], "index_factory 'IVF16,PQ8x8' there, 'IVF32,PQ8x8' now"),
     (["--num-subvectors", "16"], "index_factory 'IVF16,PQ8x8' there, 'IVF16,PQ16x8' now"),
     ("small-corpus", "num_docs 5000 there, 300 now"),
-], ids=["other-lists", "other-subvectors", "other-corpus"])
+    (["--metric", "cosine"], "metric 'inner_product' there, 'cosine' now"),
+], ids=["other-lists", "other-subvectors", "other-corpus", "other-metric"])
 def test_resume_refuses_a_checkpoint_of_other_data_or_settings(finished_run, tmp_path, capsys, monkeypatch, flags,
                                                                 difference):
     monkeypatch.setattr("distill_vq.pipeline.DistillVQModel.from_embeddings", never)  # the data are read, no more

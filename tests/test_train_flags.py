@@ -4,6 +4,7 @@ and the visible training flags (`--learning-rate`/`--lr`, `--max-train-seconds`,
 import dataclasses
 import json
 
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from distill_vq.cli import _document_texts, build_parser, main, settings_from, training_arguments
 from distill_vq.data import load_corpus
 from distill_vq.pipeline import build_config
+from distill_vq.retriever import Retriever
 from distill_vq.settings import TextColumns, TrainSettings
 
 
@@ -151,3 +153,23 @@ def test_too_few_documents_for_the_index_factory_name_it(tmp_path, capsys):
     assert main(["train", *flags, "--output-dir", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "100 documents are too few to train IVF4,PQ4x8" in error and "a smaller --index-factory than IVF4,PQ4" in error
+
+
+class FixedEncoder:
+    """Embeds every text as the same given vector (the encoder's part is not what is tested)."""
+
+    def __init__(self, vector):
+        self.vector = np.asarray(vector, dtype=np.float32)
+
+    def encode(self, texts, **kwargs):
+        return np.tile(self.vector, (len(texts), 1))
+
+
+@pytest.mark.parametrize("metric, expected", [("cosine", [0.8, 0.6]), ("ip", [4.0, 3.0])])
+def test_search_scores_cosines_for_a_cosine_index(metric, expected):
+    index = faiss.IndexFlatIP(2)
+    index.add(np.array([[0.6, 0.8], [0.8, -0.6]], dtype=np.float32))  # unit rows, as a cosine run stores them
+    retriever = Retriever(index, ["a", "b"], FixedEncoder([5.0, 0.0]), {"metric": metric})
+    hits = retriever.search("any query", k=2)[0]
+    assert [hit["id"] for hit in hits] == ["b", "a"]
+    assert [hit["score"] for hit in hits] == pytest.approx(expected)

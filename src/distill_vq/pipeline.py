@@ -210,12 +210,14 @@ def query_side(settings: TrainSettings) -> str:
 
 
 def run_signature(task: RetrievalTask, embeddings: TaskEmbeddings, config: DistillVQConfig, num_train_queries: int,
-                  num_processes: int, queries_by: str = "document encoder") -> dict:
-    """What a run trains on, recorded beside its checkpoints; a resume must match it (`check_run_signature`)."""
+                  num_processes: int, queries_by: str = "document encoder", cosine: bool = False) -> dict:
+    """What a run trains on, recorded beside its checkpoints; a resume must match it (`check_run_signature`).
+    `cosine`: the embeddings were L2-normalised (`--metric cosine`), recorded as the metric."""
     return {
         "num_docs": len(task.doc_ids), "doc_ids_sha256": hashlib.sha256(json.dumps(task.doc_ids).encode()).hexdigest(),
         "encoder": embeddings.encoder_name, "embedding_dim": config.embedding_dim,
-        "num_train_queries": num_train_queries, "index_factory": config.index_factory_string, "metric": config.metric,
+        "num_train_queries": num_train_queries, "index_factory": config.index_factory_string,
+        "metric": "cosine" if cosine else config.metric,
         "num_processes": num_processes, "queries_by": queries_by,
     }
 
@@ -380,7 +382,8 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
                                          with_texts=settings.query_encoder is not None)
         train_name = "training queries" if len(train_rows) else "documents as pseudo-queries (every query is judged)"
         queries_by = query_side(settings)
-        signature = run_signature(task, embeddings, config, len(train_queries), state.num_processes, queries_by)
+        signature = run_signature(task, embeddings, config, len(train_queries), state.num_processes, queries_by,
+                                  cosine=settings.metric == "cosine")
         if checkpoint is not None:
             check_run_signature(checkpoint, signature)
         training_args.output_dir = str(folder / CHECKPOINTS_DIR)

@@ -41,9 +41,13 @@ class Retriever:
         return cls(index, doc_ids, encoder, index_config)
 
     def search(self, queries: str | list[str], k: int = 10) -> list[list[dict]]:
-        """The top `k` documents of each query, best first: `{"corpus_id": row, "id": doc id, "score": score}`."""
+        """The top `k` documents of each query, best first: `{"corpus_id": row, "id": doc id, "score": score}`
+        (cosine similarities for an index trained with `--metric cosine`, whose queries are L2-normalised too)."""
         texts = [queries] if isinstance(queries, str) else list(queries)
-        scores, rows = self.index.search(self.encoder.encode(texts, show_progress=False, role="query"), min(k, len(self.doc_ids)))
+        embeddings = self.encoder.encode(texts, show_progress=False, role="query")
+        if self.index_config.get("metric") == "cosine":
+            faiss.normalize_L2(embeddings)
+        scores, rows = self.index.search(embeddings, min(k, len(self.doc_ids)))
         return [[{"corpus_id": int(row), "id": self.doc_ids[row], "score": float(score)}
                  for score, row in zip(query_scores, query_rows) if row >= 0]
                 for query_scores, query_rows in zip(scores, rows)]
