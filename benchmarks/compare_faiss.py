@@ -331,16 +331,21 @@ def parse_arguments() -> tuple[argparse.Namespace, DistillVQTrainingArguments]:
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results" / "all_families")
     parser.add_argument("--save-models", action="store_true", help="save each distilled model to OUTPUT/models/")
     args, rest = parser.parse_known_args()
+    return args, training_arguments(parser, rest, max_steps=args.max_steps, seed=0,
+                                    per_device_train_batch_size=args.batch_size,
+                                    max_train_seconds=args.max_train_seconds,
+                                    logging_steps=max(1, args.max_steps // 10))
+
+
+def training_arguments(parser: argparse.ArgumentParser, rest: list[str], **defaults) -> DistillVQTrainingArguments:
+    """The benchmark's `DistillVQTrainingArguments`: `defaults` (no checkpoints, no reporting, the GPU when there
+    is one) overridden by the flags in `rest` that the script's own `parser` did not know."""
     training_parser = HfArgumentParser(DistillVQTrainingArguments)
-    training_parser.set_defaults(
-        max_steps=args.max_steps, seed=0, save_strategy="no",
-        per_device_train_batch_size=args.batch_size, max_train_seconds=args.max_train_seconds, report_to=[],
-        logging_steps=max(1, args.max_steps // 10), use_cpu=not torch.cuda.is_available(),
-    )
+    training_parser.set_defaults(save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), **defaults)
     training_args, unknown = training_parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     if unknown:
         parser.error(f"unrecognized arguments {unknown}: neither a flag of this script nor a training argument.")
-    return args, training_args
+    return training_args
 
 
 def main() -> None:

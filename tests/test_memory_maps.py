@@ -3,10 +3,12 @@ large, and faiss trained on a bounded sample of them."""
 
 import numpy as np
 import pytest
+from datasets import Dataset
 
-from distill_vq import DistillVQModel, validation
+from distill_vq import DistillVQModel, DistillVQTrainer, DistillVQTrainingArguments, validation
 from distill_vq.configuration_distill_vq import DistillVQConfig
 from distill_vq.faiss_bridge import training_sample_size
+from distill_vq.sampling import CandidateMiner
 from distill_vq.validation import check_embeddings
 
 
@@ -64,3 +66,24 @@ def test_faiss_trains_on_a_random_sample_of_the_documents(saved_docs):
     assert not np.allclose(sampled.ivf_centroids.detach().numpy(), on_all.ivf_centroids.detach().numpy())
     with pytest.raises(ValueError, match=r"40 documents \(max_train_docs=40\) are too few.*bits_per_subvector"):
         DistillVQModel.from_embeddings(docs, config, max_train_docs=40)
+
+
+def test_mining_a_dataset_never_pickles_the_miner_and_its_documents(saved_docs, debian_embeddings, monkeypatch):
+    """`datasets` would hash (pickle) the miner for the mined dataset's fingerprint, copying a memory-mapped corpus
+    into memory (measured: +440 MB for 300k x 384); the trainer gives the fingerprint instead."""
+    pickled = []
+
+    def refuse(self, protocol):  # datasets falls back to a random fingerprint when hashing fails: record the attempt
+        pickled.append(self)
+        raise TypeError("the candidate miner, and with it every document, is being pickled")
+
+    monkeypatch.setattr(CandidateMiner, "__reduce_ex__", refuse)
+    docs = np.load(saved_docs, mmap_mode="r")
+    model = DistillVQModel.from_embeddings(docs, DistillVQConfig(num_lists=8, num_subvectors=8))
+    queries = Dataset.from_dict({"query_embedding": debian_embeddings[1][:64]})
+    args = DistillVQTrainingArguments(output_dir="unused", use_cpu=True, report_to=[], num_teacher_candidates=20)
+    mined = DistillVQTrainer(model, args, queries, docs).train_dataset
+    assert len(mined) == 64 and len(mined[0]["candidate_ids"]) >= 20 and not pickled
+    other = CandidateMiner(np.asarray(docs)[::-1], 20)  # other documents, other fingerprint; same ones, the same
+    assert CandidateMiner(docs, 20).fingerprint("f") == CandidateMiner(np.asarray(docs), 20).fingerprint("f")
+    assert other.fingerprint("f") != CandidateMiner(docs, 20).fingerprint("f")

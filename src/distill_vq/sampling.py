@@ -8,6 +8,7 @@ from disk a block at a time (and shared through the page cache by every process)
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 
@@ -80,6 +81,16 @@ class CandidateMiner:
         self.embedding_column = embedding_column
         self.positives_column = positives_column
         self.rng = np.random.default_rng(seed)
+
+    def fingerprint(self, dataset_fingerprint: str) -> str:
+        """The `datasets` fingerprint of a dataset mined by this miner (`Dataset.map(new_fingerprint=...)`): from the
+        miner's settings and a strided sample of the documents, so that `datasets` need not hash the miner, which
+        would pickle every document (a memory-mapped corpus copied into memory)."""
+        docs = self.doc_embeddings
+        sample = np.ascontiguousarray(docs[:: max(1, len(docs) // 64)])
+        settings = (dataset_fingerprint, self.num_teacher_candidates, self.num_random_candidates, self.metric,
+                    self.embedding_column, self.positives_column, docs.shape, str(docs.dtype), self.rng.bit_generator.state)
+        return hashlib.sha256(repr(settings).encode() + sample.tobytes()).hexdigest()[:16]
 
     def __call__(self, batch: dict) -> dict:
         queries = np.asarray(batch[self.embedding_column], dtype=np.float32)

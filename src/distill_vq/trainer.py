@@ -314,7 +314,8 @@ class DistillVQTrainer(Trainer):
             return dataset
         miner = CandidateMiner(self.doc_embeddings, args.num_teacher_candidates, args.num_random_candidates,
                                metric=model.config.metric, seed=args.seed)
-        kwargs = {"desc": "Mining teacher candidates"} if isinstance(dataset, Dataset) else {}
+        kwargs = ({"desc": "Mining teacher candidates", "new_fingerprint": miner.fingerprint(dataset._fingerprint)}
+                  if isinstance(dataset, Dataset) else {})
         return dataset.map(miner, batched=True, batch_size=1024, **kwargs)
 
     def get_optimizer_cls_and_kwargs(self, args, model=None):
