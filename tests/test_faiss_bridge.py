@@ -7,7 +7,7 @@ import torch
 from conftest import fast_opq
 
 from distill_vq import DistillVQConfig, DistillVQModel
-from distill_vq.faiss_bridge import FAISS_METRICS
+from distill_vq.faiss_bridge import FAISS_METRICS, train_showing_elapsed
 
 COMBINATIONS = [(metric, rotation) for metric in ("inner_product", "l2") for rotation in (False, True)]
 
@@ -126,3 +126,12 @@ def test_from_embeddings_rejects_bad_input(random_embeddings, mutate, message):
     config = DistillVQConfig(embedding_dim=32, num_lists=16, num_subvectors=8)
     with pytest.raises(ValueError, match=message):
         DistillVQModel.from_embeddings(mutate(random_embeddings[0]), config)
+
+
+def test_training_in_a_worker_thread_trains_and_raises_faiss_errors(random_embeddings):
+    docs = random_embeddings[0]
+    index = faiss.index_factory(docs.shape[1], "IVF4,Flat")
+    train_showing_elapsed(index, docs, "faiss: training IVF4,Flat")
+    assert index.is_trained and index.quantizer.ntotal == 4
+    with pytest.raises(RuntimeError, match="should be at least as large as number of clusters"):
+        train_showing_elapsed(faiss.index_factory(docs.shape[1], "IVF4,Flat"), docs[:2], "too few")

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -217,10 +218,32 @@ def train_faiss_index(doc_embeddings: np.ndarray, config: DistillVQConfig, seed:
     get_quantizer(config.quantizer).prepare_training(config, ivf, seed)
     start = time.perf_counter()
     with summarised_kmeans_warnings():
-        index.train(np.ascontiguousarray(doc_embeddings, dtype=np.float32))
+        train_showing_elapsed(index, np.ascontiguousarray(doc_embeddings, dtype=np.float32),
+                              f"faiss: training {config.index_factory_string}")
     logger.info(f"faiss: trained {config.index_factory_string} on {len(doc_embeddings)} documents in "
                 f"{time.perf_counter() - start:.1f} s")
     return index
+
+
+def train_showing_elapsed(index: faiss.Index, embeddings: np.ndarray, description: str) -> None:
+    """`index.train(embeddings)` in a worker thread (faiss releases the GIL) while a terminal bar shows the time
+    spent, so that a training of minutes is not a silent stretch (no bar when stdout is not a terminal)."""
+    errors = []
+
+    def train() -> None:
+        try:
+            index.train(embeddings)
+        except BaseException as error:  # noqa: BLE001 - raised again in the calling thread
+            errors.append(error)
+
+    worker = threading.Thread(target=train, name="faiss-train")
+    with tqdm(desc=description, bar_format="{desc}: {elapsed}", file=sys.stdout, leave=False, disable=None) as bar:
+        worker.start()
+        while worker.is_alive():
+            worker.join(1)
+            bar.refresh()
+    if errors:
+        raise errors[0]
 
 
 # faiss's k-means writes this from C++ to file descriptor 2 on every run short of points, whatever `verbose` says
@@ -284,5 +307,6 @@ def write_index(index: faiss.Index, path) -> None:
 __all__ = [
     "FAISS_METRICS", "KMEANS_WARNING", "OPQ_MIN_DOCUMENTS", "TRAIN_DOCS_PER_LIST", "build_faiss_index",
     "documents_needed", "flat_index", "read_faiss_index", "summarised_kmeans_warnings", "train_faiss_index",
+    "train_showing_elapsed",
     "training_sample_size", "write_index",
 ]
