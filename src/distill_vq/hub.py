@@ -207,7 +207,6 @@ def _card_for(folder: Path, config: DistillVQConfig, repo_id: str) -> bytes | No
         card_data = DistillVQModelCardData.from_json_file(folder / CARD_DATA_FILE)
         card_data.model_id = repo_id
         card_data.set_index(config)
-        card_data.index["encoder_subfolder"] = getattr(config, ENCODER_SUBFOLDER_KEY, None)
         existing = ModelCard.load(folder / CARD_FILE) if (folder / CARD_FILE).is_file() else None
         return str(card_data.to_model_card(existing)).encode()
     except Exception as error:  # noqa: BLE001 - a card never fails a push

@@ -136,6 +136,7 @@ class DistillVQModelCardData(CardData):
             "nprobe": config.nprobe, "quantizer": config.quantizer, "num_codes": config.num_codes,
             "bits_per_subvector": config.bits_per_subvector, "use_rotation": config.use_rotation,
             "encoder": encoder, "encoder_revision": config.encoder_revision,
+            "encoder_subfolder": config.encoder_subfolder,
             "query_encoder": _query_encoder_description(config), "query_adapter": config.query_adapter,
         }
 

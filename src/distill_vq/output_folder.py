@@ -295,7 +295,7 @@ def read_config(folder: str | Path, name: str | None = None) -> DistillVQConfig:
         config = DistillVQConfig.from_dict(values)
     except ValueError as error:
         raise DataError(f"{path}: {error}") from error
-    subfolder = values.get(ENCODER_SUBFOLDER_KEY)
+    subfolder = config.encoder_subfolder
     if subfolder is not None:
         parts = Path(subfolder).parts if isinstance(subfolder, str) else ()
         if not parts or Path(subfolder).is_absolute() or ".." in parts:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 from accelerate import PartialState
 from datasets import Dataset, IterableDataset
@@ -29,7 +30,9 @@ from datasets import Dataset, IterableDataset
 from .configuration_distill_vq import DistillVQConfig
 from .data import DataError, RetrievalTask, load_task, read_embeddings
 from .encoding import TextEncoder, encode_dataset_cached, resolve_encoder
-from .evaluation import LABEL_METRICS_BY, compare_indexes, evaluation_cutoffs, paired_bootstrap_interval
+from .evaluation import (
+    EVALUATION_CUTOFFS, LABEL_METRICS_BY, compare_indexes, paired_bootstrap_interval,
+)
 from .faiss_bridge import documents_needed, flat_index
 from .io_utils import is_hub_id
 from .modeling_distill_vq import DistillVQModel
@@ -51,6 +54,8 @@ logger = logging.getLogger(__name__)
 MAX_PSEUDO_QUERIES = 100_000
 MIN_CONFIDENT_QUERIES = 200  # below this many evaluation queries, differences of a few hundredths may be noise
 EXACT, DISTILLED = "exact", "distill-vq"
+HEADLINE_CUTOFF = min(EVALUATION_CUTOFFS)  # the headline: recall@10 vs exact (and MRR@10)
+HEADLINE_METRIC = f"recall_vs_exact@{HEADLINE_CUTOFF}"
 # The command's flag for each setting that decides how many documents faiss's training needs.
 FLAG_OF_SETTING = {"num_lists": "--num-lists", "bits_per_subvector": "--bits-per-subvector",
                    "use_rotation": "--no-rotation"}
@@ -154,9 +159,11 @@ def embed_task(task: RetrievalTask, settings: TrainSettings, encoder_name: str |
 
 
 def l2_normalized(embeddings: np.ndarray) -> np.ndarray:
-    """`(N, dim)` rows scaled to unit length (zero rows stay zero), for `metric="cosine"`."""
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return np.asarray(embeddings / np.maximum(norms, np.finfo(np.float32).tiny), dtype=np.float32)
+    """A float32 copy of `(N, dim)` with rows scaled to unit length by `faiss.normalize_L2` (zero rows stay zero), for
+    `metric="cosine"`, as `Retriever.search` scales its queries."""
+    normalized = np.array(embeddings, dtype=np.float32)
+    faiss.normalize_L2(normalized)
+    return normalized
 
 
 def build_config(settings: TrainSettings, num_docs: int, embedding_dim: int, encoder_name: str | None = None,
@@ -279,9 +286,9 @@ def _gain_interval(per_query: dict[str, dict[str, np.ndarray]], confidence: floa
     baselines = [name for name in per_query if name not in (EXACT, DISTILLED)]
     if DISTILLED not in per_query or len(baselines) != 1:
         return {}
-    metric = f"recall_vs_exact@{evaluation_cutoffs(10**9)[0]}"
-    low, high = paired_bootstrap_interval(per_query[DISTILLED][metric], per_query[baselines[0]][metric], confidence)
-    return {"gain_interval": {"metric": metric, "baseline": baselines[0], "confidence": confidence,
+    low, high = paired_bootstrap_interval(per_query[DISTILLED][HEADLINE_METRIC], per_query[baselines[0]][HEADLINE_METRIC],
+                                          confidence)
+    return {"gain_interval": {"metric": HEADLINE_METRIC, "baseline": baselines[0], "confidence": confidence,
                               "interval": [low, high]}}
 
 
@@ -290,8 +297,7 @@ def gain_summary(rows: list[dict], baseline_name: str, bytes_per_vector: float) 
     MRR@10 0.592 -> 0.616`."""
     by_name = {row["index"]: row for row in rows}
     before, after = by_name[baseline_name], by_name[DISTILLED]
-    k = evaluation_cutoffs(10**9)[0]
-    recall = f"recall_vs_exact@{k}"
+    k, recall = HEADLINE_CUTOFF, HEADLINE_METRIC
     text = (f"recall@{k} vs exact {before[recall]:.3f} -> {after[recall]:.3f} ({after[recall] - before[recall]:+.3f} "
             f"over {baseline_name} at {bytes_per_vector:g} bytes/vector)")
     if f"mrr@{k}" in after:

@@ -89,7 +89,8 @@ class CandidateMiner:
         docs = self.doc_embeddings
         sample = np.ascontiguousarray(docs[:: max(1, len(docs) // 64)])
         settings = (dataset_fingerprint, self.num_teacher_candidates, self.num_random_candidates, self.metric,
-                    self.embedding_column, self.positives_column, docs.shape, str(docs.dtype), self.rng.bit_generator.state)
+                    self.embedding_column, self.positives_column, docs.shape, str(docs.dtype),
+                    self.rng.bit_generator.state)
         return hashlib.sha256(repr(settings).encode() + sample.tobytes()).hexdigest()[:16]
 
     def __call__(self, batch: dict) -> dict:

@@ -69,6 +69,7 @@ def index_factory_settings(index_factory: str) -> dict:
     import faiss
 
     from .configuration_distill_vq import DistillVQConfig
+    from .quantizers import QUANTIZERS
 
     form = _INDEX_FACTORY_PATTERN.fullmatch(index_factory)
     if form is None:
@@ -84,11 +85,8 @@ def index_factory_settings(index_factory: str) -> dict:
         raise ValueError(f"--index-factory {index_factory!r}: faiss cannot build it ({reason}); give "
                          f"{INDEX_FACTORY_FORMS}.") from error
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    if isinstance(ivf, faiss.IndexIVFPQ):
-        values = {"quantizer": "pq", "num_subvectors": ivf.pq.M, "bits_per_subvector": ivf.pq.nbits}
-    else:  # IndexIVFResidualQuantizer, the pattern's other family
-        bits = faiss.vector_to_array(ivf.rq.nbits)
-        values = {"quantizer": "rq", "num_codebooks": ivf.rq.M, "bits_per_subvector": int(bits[0])}
+    family = next(family for family in QUANTIZERS.values() if type(ivf) is family.faiss_index_type)  # the pattern's
+    values = {name: value for name, value in family.config_fields(ivf).items() if name in INDEX_FACTORY_FIELDS}
     if rotation is not None and rotation != codes:
         raise ValueError(f"--index-factory {index_factory!r}: distill-vq trains the OPQ rotation for the {codes} "
                          f"codes; write OPQ{codes} (got OPQ{rotation}).")

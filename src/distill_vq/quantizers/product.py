@@ -85,14 +85,18 @@ class ProductQuantizer:
     # ----- faiss -----
 
     @classmethod
-    def read_faiss(cls, ivf: faiss.IndexIVFPQ) -> tuple[dict, np.ndarray]:
-        """`(config fields, codebooks (M, 2**bits, dsub))` of a trained `IndexIVFPQ`."""
+    def config_fields(cls, ivf: faiss.IndexIVFPQ) -> dict:
+        """The config fields of an `IndexIVFPQ`, trained or not."""
         if not ivf.by_residual:
             raise ValueError("Unsupported faiss index: IndexIVFPQ with by_residual=False (the codes must encode "
                              "the residual to the list's centroid).")
+        return {"quantizer": cls.name, "num_subvectors": ivf.pq.M, "bits_per_subvector": ivf.pq.nbits}
+
+    @classmethod
+    def read_faiss(cls, ivf: faiss.IndexIVFPQ) -> tuple[dict, np.ndarray]:
+        """`(config fields, codebooks (M, 2**bits, dsub))` of a trained `IndexIVFPQ`."""
         pq = ivf.pq
-        fields = {"num_subvectors": pq.M, "bits_per_subvector": pq.nbits}
-        return fields, faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+        return cls.config_fields(ivf), faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
 
     @classmethod
     def write_faiss(cls, config, ivf: faiss.IndexIVFPQ, codebooks: np.ndarray) -> None:

@@ -102,18 +102,24 @@ class ResidualQuantizer:
         quantizer.compute_codebook_tables()  # codeword norms and cross products for the beam search's tables
 
     @classmethod
-    def read_faiss(cls, ivf: faiss.IndexIVFResidualQuantizer) -> tuple[dict, np.ndarray]:
-        """`(config fields, codebooks (M, 2**bits, dim))` of a trained `IndexIVFResidualQuantizer`."""
-        quantizer = ivf.rq
-        bits = faiss.vector_to_array(quantizer.nbits)
+    def config_fields(cls, ivf: faiss.IndexIVFResidualQuantizer) -> dict:
+        """The config fields of an `IndexIVFResidualQuantizer`, trained or not."""
+        bits = faiss.vector_to_array(ivf.rq.nbits)
         if len(set(bits.tolist())) != 1:
             raise ValueError(f"Unsupported faiss index: RQ codebooks of unequal sizes {bits.tolist()}; use one "
                              "size, e.g. RQ16x8.")
         if not ivf.by_residual:
             raise ValueError("Unsupported faiss index: IndexIVFResidualQuantizer with by_residual=False.")
-        fields = {"quantizer": "rq", "num_codebooks": quantizer.M, "bits_per_subvector": int(bits[0]),
-                  "beam_size": quantizer.max_beam_size}
-        codebooks = faiss.vector_to_array(quantizer.codebooks).reshape(quantizer.M, 1 << int(bits[0]), quantizer.d)
+        return {"quantizer": cls.name, "num_codebooks": ivf.rq.M, "bits_per_subvector": int(bits[0]),
+                "beam_size": ivf.rq.max_beam_size}
+
+    @classmethod
+    def read_faiss(cls, ivf: faiss.IndexIVFResidualQuantizer) -> tuple[dict, np.ndarray]:
+        """`(config fields, codebooks (M, 2**bits, dim))` of a trained `IndexIVFResidualQuantizer`."""
+        fields = cls.config_fields(ivf)
+        quantizer = ivf.rq
+        codebooks = faiss.vector_to_array(quantizer.codebooks).reshape(
+            quantizer.M, 1 << fields["bits_per_subvector"], quantizer.d)
         return fields, codebooks
 
     @classmethod
