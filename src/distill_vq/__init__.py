@@ -6,6 +6,7 @@ Modules, from the ground floor up (each imports only modules listed above it):
     settings.py                  TrainSettings: what a run is asked to do, and its defaults (no heavy imports)
     configuration_distill_vq.py  DistillVQConfig: shapes, code family, nprobe, encoder id
     validation.py, io_utils.py   input checks; atomic writes and the Hub-id test
+    hub_client.py                Hub requests' time-outs, and Hub failures in one line
     faiss_bridge.py              exact faiss <-> weights conversion, faiss's own training, flat index
     encoding.py                  text encoder (sentence-transformers folders) and the embedding cache
     modeling_distill_vq.py       DistillVQModel: differentiable IVF + codes, scored exactly as the exported index

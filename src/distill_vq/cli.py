@@ -377,9 +377,9 @@ def print_run(run, written) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    output_dir = _local_output_dir(args.output_dir)  # first: a Hub failure is reported before the long imports
     from . import pipeline
 
-    output_dir = _local_output_dir(args.output_dir)
     print_run(pipeline.evaluate(output_dir, settings_from(args), args.results_dir, StepPrinter(3)), args.results_dir)
 
 
@@ -405,9 +405,9 @@ def _local_output_dir(name: str) -> Path:
 
 
 def run_search(args: argparse.Namespace) -> None:
+    args.output_dir = _local_output_dir(args.output_dir)  # first: a Hub failure is reported before the long imports
     from .retriever import Retriever
 
-    args.output_dir = _local_output_dir(args.output_dir)
     retriever = Retriever.from_folder(args.output_dir, args.nprobe)
     hits = retriever.search(args.query, args.k)[0]
     columns = TextColumns.from_dict(retriever.index_config.get("corpus_columns"), "index_config.json: corpus_columns")
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.training_flags = unknown
-    from .hub import hub_error_message, set_hub_timeouts
+    from .hub_client import hub_error_message, set_hub_timeouts
 
     set_threads(args.threads)
     set_hub_timeouts()

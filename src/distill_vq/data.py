@@ -173,8 +173,8 @@ def load_beir(
     qrels = _load_qrels_splits(qrels_source, None if splits is None else list(splits))
     if not streaming:
         for split, split_qrels in qrels.items():
-            query_ids = None if queries is None else queries["_id"]
-            check_qrels(split_qrels, corpus["_id"], query_ids, name=f"qrels '{split}'")
+            query_ids = None if queries is None else queries["_id"][:]
+            check_qrels(split_qrels, corpus["_id"][:], query_ids, name=f"qrels '{split}'")
     return RetrievalData(corpus, queries, qrels)
 
 
@@ -229,7 +229,7 @@ def _load_texts(source: str | Path, kind: Kind, streaming: bool,
         id_columns = [columns.id_column] if columns.id_column else ["_id", "id"]
         options = {"converters": dict.fromkeys(id_columns, str)} if builder == "csv" else {}
         try:
-            with _quiet_file_readers():
+            with _local_file_readers():
                 dataset = datasets.load_dataset(
                     builder, data_files=str(path), split="train", streaming=streaming, **options
                 )
@@ -251,15 +251,19 @@ def _load_texts(source: str | Path, kind: Kind, streaming: bool,
 
 
 @contextlib.contextmanager
-def _quiet_file_readers():
-    """Mute the error log of `datasets`' file readers: their failures are reported as one `DataError` instead."""
+def _local_file_readers():
+    """`datasets`' file readers for a local file: their error log muted (failures are reported as one `DataError`
+    instead), and without the download-count request to the Hub that `load_dataset` sends for its `json`/`csv`/
+    `parquet` builders (`HF_UPDATE_DOWNLOAD_COUNTS`): reading a local file stays off the network."""
     readers = logging.getLogger("datasets.packaged_modules")
-    level = readers.level
+    level, counts = readers.level, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
     readers.setLevel(logging.CRITICAL)
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
     try:
         yield
     finally:
         readers.setLevel(level)
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = counts
 
 
 def _unreadable(path: Path, kind: str, error: BaseException) -> str:
@@ -455,7 +459,7 @@ class RetrievalTask:
     @property
     def doc_ids(self) -> list[str]:
         """Document ids by row."""
-        return list(self.corpus["_id"])
+        return self.corpus["_id"][:]
 
     @property
     def corpus_name(self) -> str:
@@ -466,7 +470,7 @@ class RetrievalTask:
 
         `train_rows` is empty when every query is judged (see `training_queries`).
         """
-        query_ids = list(self.queries["_id"])
+        query_ids = self.queries["_id"][:]
         if self.eval_qrels is not None:
             is_eval = np.array([query_id in self.eval_qrels for query_id in query_ids], dtype=bool)
         else:
@@ -479,7 +483,7 @@ class RetrievalTask:
         """Per query row, its {doc id: score}; None without qrels."""
         if self.eval_qrels is None:
             return None
-        query_ids = self.queries.select(query_rows)["_id"]
+        query_ids = self.queries.select(query_rows)["_id"][:]
         return [self.eval_qrels.get(query_id, {}) for query_id in query_ids]
 
 
@@ -530,7 +534,7 @@ def load_task(
         query_rows, eval_qrels = corpus_rows, None
         eval_name = f"held-out {HELD_OUT_FRACTION:.0%} of the documents as pseudo-queries"
     if eval_qrels is not None:
-        check_qrels(eval_qrels, corpus_rows["_id"], query_rows["_id"], name=f"qrels '{eval_name}'")
+        check_qrels(eval_qrels, corpus_rows["_id"][:], query_rows["_id"][:], name=f"qrels '{eval_name}'")
     corpus_source = None if corpus is None else str(corpus)
     return RetrievalTask(corpus_source, corpus_rows, query_rows, eval_qrels, eval_name, pseudo_queries)
 

@@ -202,7 +202,7 @@ def training_queries(task: RetrievalTask, embeddings: TaskEmbeddings, train_rows
     vectors = embeddings.queries if texts is task.queries else embeddings.docs
     columns = {"query_embedding": np.asarray(vectors[train_rows], dtype=np.float32)}
     if with_texts:
-        columns["query"] = texts.select(train_rows)["text"]
+        columns["query"] = texts.select(train_rows)["text"][:]
     return Dataset.from_dict(columns)
 
 
@@ -422,7 +422,7 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
         progress(f"Evaluating exact search, faiss and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
         index_queries = None
         if tokenizer is not None:  # the distilled index is searched with the trained query encoder's queries
-            query_texts = task.queries.select(eval_rows)["text"]
+            query_texts = task.queries.select(eval_rows)["text"][:]
             index_queries = {DISTILLED: ModelQueryEncoder(model, tokenizer).encode(query_texts, show_progress=False)}
         results = {
             **evaluation_facts(task, indexes, embeddings, eval_rows, config, index_queries),
@@ -496,7 +496,7 @@ def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
     _, eval_rows = task.split_queries(seed)
     index_queries = None
     if config.query_encoder_config is not None:  # never the teacher's queries for a trained query encoder
-        query_texts = task.queries.select(eval_rows)["text"]
+        query_texts = task.queries.select(eval_rows)["text"][:]
         index_queries = {DISTILLED: query_encoder_for(output_dir, config).encode(query_texts, show_progress=False)}
     indexes = {EXACT: flat_index(embeddings.docs, config.metric),
                **({baseline_name: baseline_index} if baseline_index is not None else {}), DISTILLED: index}

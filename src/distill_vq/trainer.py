@@ -303,13 +303,13 @@ class DistillVQTrainer(Trainer):
         num_docs = len(self.doc_embeddings)
         positives = first.get("positive_ids") or []
         if isinstance(dataset, Dataset) and "positive_ids" in dataset.column_names:
-            positives = [row for rows in dataset["positive_ids"] for row in rows or []]
+            positives = [row for rows in dataset["positive_ids"][:] for row in rows or []]
         bad = sorted({row for row in positives if not 0 <= row < num_docs})[:5]
         if bad:
             raise ValueError(f"positive_ids {bad} are outside the {num_docs} documents; map qrels ids to rows of "
                              "doc_embeddings and drop ids absent from the corpus.")
         if isinstance(dataset, Dataset):
-            check_embeddings(np.asarray(dataset.with_format("numpy")["query_embedding"]), "query_embedding", dim)
+            check_embeddings(dataset.with_format("numpy")["query_embedding"][:], "query_embedding", dim)
         if "candidate_ids" in first:
             return dataset
         miner = CandidateMiner(self.doc_embeddings, args.num_teacher_candidates, args.num_random_candidates,
