@@ -106,6 +106,17 @@ def test_parquet_file(tmp_path):
     assert load_queries(path).to_list() == QUERIES
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_reading_a_local_file_sends_no_request(tmp_path, monkeypatch, streaming):
+    """`load_dataset("json", ...)` would send a download-count request to the Hub for its builder, online."""
+    sessions = []
+    monkeypatch.setattr(datasets.load, "get_session", lambda: sessions.append("a request") or pytest.fail())
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)
+    assert list(load_queries(write_jsonl(tmp_path / "queries.jsonl", QUERIES), streaming=streaming)) == QUERIES
+    assert sessions == [] and datasets.config.HF_UPDATE_DOWNLOAD_COUNTS  # and the setting is put back
+
+
 @pytest.mark.parametrize("source", ["beir", "docs.csv"])
 def test_streaming_yields_the_same_rows(tmp_path, source):
     make_beir_folder(tmp_path / "beir", gzipped=True)
@@ -279,13 +290,13 @@ def hand_pooled(folder, texts, pooling="mean", normalize=True):
 
 
 def test_packaged_encoder_gives_the_former_embeddings_and_the_stored_ones(encoder):
-    """256 queries and the 16 longest of 1000 documents (cut at 256 tokens): the SentenceTransformer path equals the
+    """64 queries and the 4 longest of 1000 documents (cut at 256 tokens): the SentenceTransformer path equals the
     former hand-written mean pooling to 1e-5 (bitwise on this machine), and the stored float16 embeddings
     (tests/data, made by that path) are its vectors rounded: within half a float16 step (up to 6e-5) plus 1e-6."""
-    queries = load_queries(DEFAULT_DATA)["text"][:256]
+    queries = load_queries(DEFAULT_DATA)["text"][:64]
     corpus = load_corpus(DEFAULT_DATA)["text"][:1000]
-    longest = sorted(np.argsort([-len(text) for text in corpus])[:16])
-    for texts, stored in ((queries, np.load(DATA / "default_data_embeddings" / "queries.npy")[:256]),
+    longest = sorted(np.argsort([-len(text) for text in corpus])[:4])
+    for texts, stored in ((queries, np.load(DATA / "default_data_embeddings" / "queries.npy")[:64]),
                           ([corpus[row] for row in longest],
                            np.load(DATA / "default_data_embeddings" / "docs.npy")[longest])):
         embeddings = encoder.encode(texts, show_progress=False)

@@ -54,12 +54,13 @@ def test_embedding_matching_moves_student_queries_to_the_teacher(debian_embeddin
     tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
     model = DistillVQModel.from_embeddings(docs, DistillVQConfig(num_lists=32, num_subvectors=8))
     model.attach_query_encoder("all-MiniLM-L6-v2", num_layers=1)
-    held_out = slice(4000, 4200)
+    held_out = slice(4000, 4100)
     before = np.square(student_embeddings(model, tokenizer, query_texts[held_out]) - teacher_queries[held_out]).sum(1).mean()
 
     dataset = Dataset.from_dict({"query_embedding": teacher_queries[:1024], "query": query_texts[:1024]})
+    # 20 steps of 32 (measured: the distance falls to 0.74 of its start)
     args = DistillVQTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=32, max_steps=30, use_cpu=True, report_to=[], seed=0,
+        output_dir=str(tmp_path), per_device_train_batch_size=32, max_steps=20, use_cpu=True, report_to=[], seed=0,
         num_teacher_candidates=20, embedding_matching_weight=1.0, student_loss_weight=1.0, pq_loss_weight=0.0,
         ivf_loss_weight=0.0, query_encoder_learning_rate=5e-4, lr_scheduler_type="constant", save_strategy="no",
         disable_tqdm=True,
@@ -84,14 +85,14 @@ def test_document_embedding_matching_moves_a_symmetric_student_to_the_teacher_do
     tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
     model = DistillVQModel.from_embeddings(docs, DistillVQConfig(num_lists=32, num_subvectors=8))
     model.attach_query_encoder("all-MiniLM-L6-v2", num_layers=1)
-    held_out = list(range(4800, 4900))
+    held_out = list(range(4850, 4900))
     before = np.square(student_embeddings(model, tokenizer, [doc_texts[row] for row in held_out]) - docs[held_out])
 
     dataset = Dataset.from_dict({"query_embedding": teacher_queries[:640], "query": query_texts[:640]})
-    # 10 steps of 16 (measured: the distance falls to 0.71 of its start; 20 steps of 32: 0.62, at 3x the time)
+    # 10 steps of 16 queries x 5 candidates (measured: the distance falls to 0.73 of its start)
     args = DistillVQTrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=10, use_cpu=True, report_to=[], seed=0,
-        num_teacher_candidates=10, doc_embedding_matching_weight=1.0, pq_loss_weight=0.0, ivf_loss_weight=0.0,
+        num_teacher_candidates=5, doc_embedding_matching_weight=1.0, pq_loss_weight=0.0, ivf_loss_weight=0.0,
         query_encoder_learning_rate=5e-4, lr_scheduler_type="constant", save_strategy="no", disable_tqdm=True,
         logging_steps=10,
     )

@@ -29,7 +29,8 @@ CARD = ModelCard("---\nlibrary_name: distill-vq\ntags:\n- faiss\n---\n# test qua
 ROWS = [{"index": "faiss IVF16,PQ8x5", "recall_vs_exact@10": 0.5}, {"index": "distill-vq", "recall_vs_exact@10": 0.6}]
 
 LOAD_IN_FRESH_PROCESS = """
-import sys, numpy as np
+import sys, numpy as np, transformers
+had_jinja2 = "jinja2" in sys.modules  # transformers' chat templates
 from distill_vq import DistillVQModel  # registers the Auto classes (`import distill_vq` alone loads nothing)
 from transformers import AutoModel
 from distill_vq.hub import load_index
@@ -39,6 +40,8 @@ index, doc_ids, index_config = load_index(repo, revision=revision)
 queries = np.load(out + ".queries.npy")
 scores, rows = index.search(queries, 10)
 np.savez(out, scores=scores, rows=rows, **{name: t.numpy() for name, t in model.state_dict().items()})
+import distill_vq.pipeline  # every module of the library: none imports a plotting or templating library at import
+assert "matplotlib" not in sys.modules and (had_jinja2 or "jinja2" not in sys.modules)
 """
 
 
