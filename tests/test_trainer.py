@@ -51,11 +51,12 @@ def test_distillation_beats_faiss_initialisation(split, initial_model, tmp_path)
     exact_ids = exact_search(held_out, docs, 10)[1]
     before = recall_at_10(initial_model, docs, held_out, exact_ids)
     model = fresh_copy(initial_model)
-    args = training_args(tmp_path, max_steps=30, per_device_train_batch_size=64, num_teacher_candidates=100)
+    args = training_args(tmp_path, max_steps=20, per_device_train_batch_size=64, num_teacher_candidates=50)
     trainer = DistillVQTrainer(model, args, Dataset.from_dict({"query_embedding": train_queries}), docs)
     trainer.train()
     after = recall_at_10(model, docs, held_out, exact_ids)
-    # measured on 1890 held-out queries: 0.401 -> 0.424 after 30 steps (0.434 after 60, at twice the time)
+    # measured on 1890 held-out queries: 0.401 -> 0.418 after 20 steps of 50 candidates (0.424 after 30 steps of 100,
+    # at twice the time)
     assert after > before + 0.01, (before, after)
     logged = {key for entry in trainer.state.log_history for key in entry}
     assert {"pq_listnet", "ivf_listnet", "codeword_temperature", "ranking_temperature"} <= logged
