@@ -3,7 +3,7 @@
     python benchmarks/processes.py --processes 1 2 --max-steps 100
 
 Runs the command on the packaged default data with its precomputed embeddings (no encoding), once per process
-count, under `accelerate launch` with the CPU config for N > 1 and plainly for 1. The global batch is
+count, under `accelerate launch` with `--config-file` (default: the CPU config) for N > 1 and plainly for 1. The global batch is
 `--global-batch-size`, split evenly over the processes. Reports the training's steps/second (from the run's
 results.json), the whole command's wall time, and recall@10 vs exact; writes `processes.json` / `.md`.
 """
@@ -29,7 +29,7 @@ def run(num_processes: int, args, output_dir: Path) -> dict:
     """Train with `num_processes` processes; return the row of the table."""
     launcher = [sys.executable, "-m", "distill_vq"]
     if num_processes > 1:
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(args.config_file),
                     "--num_processes", str(num_processes), "--main_process_port", "0", "-m", "distill_vq"]
     command = [*launcher, "train", "--doc-embeddings", str(EMBEDDINGS / "docs.npy"), "--query-embeddings",
                str(EMBEDDINGS / "queries.npy"), "--max-steps", str(args.max_steps), "--batch-size",
@@ -54,11 +54,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--global-batch-size", type=int, default=64)
+    parser.add_argument("--config-file", type=Path, default=CPU_CONFIG,
+                        help="accelerate config of the N-process runs (e.g. examples/accelerate/multi_gpu_bf16.yaml)")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         rows = [run(count, args, Path(scratch) / f"run-{count}") for count in args.processes]
-    write_json(args.output_dir / "processes.json", {"settings": vars(args) | {"output_dir": str(args.output_dir)},
+    settings = vars(args) | {"output_dir": str(args.output_dir), "config_file": str(args.config_file)}
+    write_json(args.output_dir / "processes.json", {"settings": settings,
                                                      "cpu_count": os.cpu_count(), "rows": rows})
     table = format_markdown_table(rows)
     write_text(args.output_dir / "processes.md", table + "\n")
