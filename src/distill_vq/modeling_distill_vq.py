@@ -17,6 +17,8 @@ from .faiss_bridge import build_faiss_index, read_faiss_index, train_faiss_index
 from .quantizers import get_quantizer
 from .validation import check_embeddings
 
+QUANTIZE_BATCH_BYTES = 2**28  # `quantize`'s largest temporary per batch: 256 MiB of float32 scores
+
 
 @dataclass
 class DistillVQOutput(ModelOutput):
@@ -281,10 +283,15 @@ class DistillVQModel(DistillVQPreTrainedModel):
         return self.code_family.quantize(self.config, self.codebooks, residuals, temperature, codes)
 
     @torch.no_grad()
-    def quantize(self, doc_embeddings, batch_size: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantize(self, doc_embeddings, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode `doc_embeddings (N, dim)` as the exported index stores them, in float32 with autocast off:
-        `(list_ids (N,), codes (N, num_codes))`."""
+        `(list_ids (N,), codes (N, num_codes))`.
+
+        `batch_size` documents at a time; by default as many as keep each batch's largest temporary, its scores
+        against every list centroid or every codeword, near `QUANTIZE_BATCH_BYTES`, whatever the number of lists."""
         docs = check_embeddings(doc_embeddings, "doc_embeddings", self.config.embedding_dim)
+        scores_per_doc = max(self.config.num_lists, self.codebooks.shape[0] * self.codebooks.shape[1])
+        batch_size = batch_size or max(256, QUANTIZE_BATCH_BYTES // (4 * scores_per_doc))
         list_ids, codes = [], []
         with torch.autocast(self.device.type, enabled=False):
             for start in range(0, len(docs), batch_size):  # one batch in memory at a time (docs may be a memmap)

@@ -54,11 +54,8 @@ class ProductQuantizer:
         """
         num_docs = residuals.shape[0]
         with torch.autocast(residuals.device.type, enabled=False):
-            subvectors = residuals.float().reshape(num_docs, config.num_subvectors, -1).transpose(0, 1)  # (M, N, dsub)
             codebooks = codebooks.float()  # (M, K, dsub)
-            # squared distance to every codeword, up to the per-subvector constant ||r||^2: (M, N, K)
-            distances = torch.baddbmm(codebooks.pow(2).sum(-1).unsqueeze(1), subvectors, codebooks.transpose(1, 2),
-                                      alpha=-2)
+            distances = cls._codeword_distances(config, codebooks, residuals)  # (M, N, K)
             codes = distances.argmin(dim=-1)  # (M, N)
             if temperature is None:
                 nearest_two = distances.detach().topk(2, dim=-1, largest=False).values
@@ -74,7 +71,15 @@ class ProductQuantizer:
     @torch.no_grad()
     def encode(cls, config, codebooks: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
         """`(N, dim) -> (N, num_subvectors)`: the nearest codeword of each sub-vector, as faiss encodes."""
-        return cls.quantize(config, codebooks, residuals, temperature=1.0)[1]
+        with torch.autocast(residuals.device.type, enabled=False):
+            return cls._codeword_distances(config, codebooks.float(), residuals).argmin(dim=-1).T
+
+    @staticmethod
+    def _codeword_distances(config, codebooks: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
+        """`(M, K, dsub), (N, dim) -> (M, N, K)`: each sub-vector's squared distance to every codeword of its
+        sub-space, up to the per-sub-vector constant `||r_m||^2` (float32)."""
+        subvectors = residuals.float().reshape(residuals.shape[0], config.num_subvectors, -1).transpose(0, 1)
+        return torch.baddbmm(codebooks.pow(2).sum(-1).unsqueeze(1), subvectors, codebooks.transpose(1, 2), alpha=-2)
 
     @classmethod
     def decode(cls, config, codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
