@@ -18,7 +18,8 @@ from distill_vq.evaluation import (
     per_query_recall_vs_exact,
     recall_vs_exact,
 )
-from distill_vq.sampling import exact_search
+from distill_vq import sampling
+from distill_vq.sampling import ExactSearch, exact_search
 
 
 def test_recall_vs_exact_by_hand():
@@ -86,6 +87,23 @@ def test_evaluate_index_on_an_exact_index(random_embeddings):
     assert all(value == pytest.approx(1.0) for name, value in metrics.items() if name != "qps")
     assert metrics["qps"] > 0
     assert list(evaluate_index(index, queries, doc_ids, ks=(10,))) == ["qps"]
+
+
+@pytest.mark.parametrize("metric", ["inner_product", "l2"])
+def test_exact_search_of_a_memory_map_answers_as_a_flat_index(random_embeddings, tmp_path, monkeypatch, metric):
+    docs, queries = random_embeddings
+    np.save(tmp_path / "docs.npy", docs)
+    monkeypatch.setattr(sampling, "SEARCH_BLOCK_ROWS", 300)  # 7 blocks of the 2000 documents
+    exact = ExactSearch(np.load(tmp_path / "docs.npy", mmap_mode="r"), metric)
+    flat = faiss.IndexFlatIP(docs.shape[1]) if metric == "inner_product" else faiss.IndexFlatL2(docs.shape[1])
+    flat.add(docs)
+    scores, ids = exact.search(queries, 10)
+    expected_scores, expected_ids = flat.search(queries, 10)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+    assert (exact.ntotal, exact.d) == (flat.ntotal, flat.d)
+    assert evaluate_index(exact, queries, [str(row) for row in range(len(docs))], exact_ids=ids, ks=(10,))[
+        "recall_vs_exact@10"] == 1.0
 
 
 def test_approximate_index_loses_recall(random_embeddings):

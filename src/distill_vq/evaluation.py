@@ -152,7 +152,7 @@ def evaluate_index(
     """Search `index` once with the top max(`ks`) and report what the inputs allow.
 
     Args:
-        index: a faiss index whose ids are rows of the corpus.
+        index: a faiss index (or `sampling.ExactSearch`) whose ids are rows of the corpus.
         query_embeddings: `(Q, dim)`.
         doc_ids: corpus ids by row, to match results against qrels.
         qrels_for_queries: per query, {doc id: score}; adds `mrr@`, `ndcg@`, `recall@` metrics.

@@ -289,15 +289,6 @@ def _shortfall_text(shortfalls: Counter) -> str:
                      for (points, centroids, advised), count in shortfalls.most_common())
 
 
-def flat_index(doc_embeddings, metric: str = "inner_product", batch_size: int = 65536) -> faiss.Index:
-    """Exact search as a faiss index: a flat index of `doc_embeddings (N, dim)`, added in batches (a memmap is read
-    a batch at a time)."""
-    index = faiss.IndexFlat(doc_embeddings.shape[1], FAISS_METRICS[metric])
-    for start in range(0, len(doc_embeddings), batch_size):
-        index.add(np.ascontiguousarray(doc_embeddings[start : start + batch_size], dtype=np.float32))
-    return index
-
-
 def write_index(index: faiss.Index, path) -> None:
     """Write a faiss index atomically (temp file + rename)."""
     with atomic_path(path) as tmp:
@@ -306,7 +297,7 @@ def write_index(index: faiss.Index, path) -> None:
 
 __all__ = [
     "FAISS_METRICS", "KMEANS_WARNING", "OPQ_MIN_DOCUMENTS", "TRAIN_DOCS_PER_LIST", "build_faiss_index",
-    "documents_needed", "flat_index", "read_faiss_index", "summarised_kmeans_warnings", "train_faiss_index",
+    "documents_needed", "read_faiss_index", "summarised_kmeans_warnings", "train_faiss_index",
     "train_showing_elapsed",
     "training_sample_size", "write_index",
 ]

@@ -33,10 +33,11 @@ from .encoding import TextEncoder, encode_dataset_cached, resolve_encoder
 from .evaluation import (
     EVALUATION_CUTOFFS, LABEL_METRICS_BY, compare_indexes, paired_bootstrap_interval,
 )
-from .faiss_bridge import documents_needed, flat_index
+from .faiss_bridge import documents_needed
 from .io_utils import is_hub_id
 from .modeling_distill_vq import DistillVQModel
 from .query_encoding import ModelQueryEncoder, check_query_encoder, query_encoder_for, query_tokenizer
+from .sampling import ExactSearch
 from .output_folder import (
     BASELINE_INDEX_FILE, CHECKPOINTS_DIR, EVALUATED_KEY, INDEX_CONFIG_FILE, TRAINER_STATE_FILE, check_results_dir,
     check_run_signature, last_checkpoint, read_baseline_index, read_output_folder, staged_folder, write_index_files,
@@ -417,7 +418,7 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
         training_seconds = time.perf_counter() - start
         if not state.is_main_process:
             return None
-        indexes = {EXACT: flat_index(docs, config.metric), baseline_name: baseline_index,
+        indexes = {EXACT: ExactSearch(docs, config.metric), baseline_name: baseline_index,
                    DISTILLED: model.to_faiss(docs)}
         progress(f"Evaluating exact search, faiss and distill-vq on {len(eval_rows)} queries ({task.eval_name})")
         index_queries = None
@@ -498,7 +499,7 @@ def evaluate(output_dir: Path, settings: TrainSettings, results_dir: Path,
     if config.query_encoder_config is not None:  # never the teacher's queries for a trained query encoder
         query_texts = task.queries.select(eval_rows)["text"][:]
         index_queries = {DISTILLED: query_encoder_for(output_dir, config).encode(query_texts, show_progress=False)}
-    indexes = {EXACT: flat_index(embeddings.docs, config.metric),
+    indexes = {EXACT: ExactSearch(embeddings.docs, config.metric),
                **({baseline_name: baseline_index} if baseline_index is not None else {}), DISTILLED: index}
     compared = f"exact search, {baseline_name} and" if baseline_index is not None else "exact search and"
     progress(f"Evaluating {compared} distill-vq on {len(eval_rows)} queries ({task.eval_name})")
