@@ -237,7 +237,8 @@ def run_size(docs: np.ndarray, queries: tuple[np.ndarray, np.ndarray], args, tra
                            seed=args.seed)
     with sampler.stage(stage("mining", f"top-{training_args.num_teacher_candidates} of {len(train_queries)} "
                                        "queries")) as row:
-        mined = Dataset.from_dict({"query_embedding": train_queries}).map(miner, batched=True, batch_size=1024)
+        queries = Dataset.from_dict({"query_embedding": train_queries})
+        mined = queries.map(miner, batched=True, batch_size=1024, new_fingerprint=miner.fingerprint(queries._fingerprint))
     record(row)
     with sampler.stage(stage("distill setup")) as row:
         trainer = DistillVQTrainer(model, training_args, mined, docs)
