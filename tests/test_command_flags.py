@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import distill_vq
-from distill_vq.cli import DISTILLATION_LOSSES, QUANTIZER_NAMES, available_cores, main, set_threads
+from distill_vq.cli import (
+    DISTILLATION_LOSSES, QUANTIZER_NAMES, available_cores, build_parser, main, set_threads, settings_from,
+    training_arguments,
+)
 from distill_vq.losses import SCORE_LOSSES
 from distill_vq.quantizers import QUANTIZERS
 
@@ -48,3 +51,17 @@ def test_the_choices_in_help_are_the_librarys():
     """The command spells the loss and quantizer names out (importing them would load torch for `--help`)."""
     assert set(DISTILLATION_LOSSES) == set(SCORE_LOSSES) - {"contrastive"}
     assert set(QUANTIZER_NAMES) == set(QUANTIZERS)
+
+
+def test_device_cuda_without_cuda_is_one_line_before_any_work(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    output_dir = tmp_path / "out"
+    assert main(["train", "--device", "cuda", "--output-dir", str(output_dir)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "distill-vq: error: --device cuda: torch sees no CUDA device (torch.cuda.is_available() is False); use "
+        "--device cpu, or install a CUDA build of torch on a machine with a GPU.")
+    assert not tmp_path.joinpath("out").exists() and list(tmp_path.iterdir()) == []  # nothing written, no lock
+    arguments = build_parser().parse_args(["train", "--device", "cpu"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine told to stay on the CPU
+    assert training_arguments(arguments, []).use_cpu
+    assert settings_from(arguments).device == "cpu"

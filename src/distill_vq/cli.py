@@ -293,6 +293,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser, encoder: bool = True) -
     data.add_argument("--query-embeddings", help=".npy of query embeddings, rows in query order")
     data.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                       help=f"embedding cache (default: {DEFAULT_CACHE_DIR})")
+    data.add_argument("--device", choices=["cuda", "cpu"],
+                      help="where to encode (and train); default: cuda when torch sees a CUDA device, else cpu")
     columns = parser.add_argument_group("columns of .jsonl/.csv/.parquet data (evaluate: default the recorded ones)")
     columns.add_argument("--id-column", help="the corpus's document ids (default: _id, else id)")
     columns.add_argument("--text-column", help="the corpus's document texts (default: text)")
@@ -324,7 +326,8 @@ def training_arguments(args: argparse.Namespace, flags: list[str]) -> DistillVQT
         max_steps=max_steps, num_train_epochs=args.num_train_epochs if epochs else 3.0, seed=args.seed,
         loss=args.loss, logging_steps=max(1, max_steps // 10) if max_steps > 0 else 50, save_strategy="steps",
         save_steps=SAVE_EVERY, save_total_limit=SAVE_TOTAL_LIMIT, report_to=[],
-        use_cpu=not torch.cuda.is_available(), num_teacher_candidates=args.num_teacher_candidates,
+        use_cpu=args.device == "cpu" or not torch.cuda.is_available(),
+        num_teacher_candidates=args.num_teacher_candidates,
         max_train_seconds=args.max_train_seconds,
         disable_tqdm=False,  # the step bar is progress, though transformers' logs are quiet (`console_output`)
     )
@@ -344,7 +347,13 @@ def training_arguments(args: argparse.Namespace, flags: list[str]) -> DistillVQT
 
 def settings_from(args: argparse.Namespace) -> TrainSettings:
     """The pipeline settings named by the parsed flags (flags a command lacks or that are not given keep their
-    defaults); `--index-factory` refuses the index flags it replaces."""
+    defaults); `--index-factory` refuses the index flags it replaces, `--device cuda` a machine without CUDA."""
+    if getattr(args, "device", None) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False); use "
+                             "--device cpu, or install a CUDA build of torch on a machine with a GPU.")
     values = {item.name: getattr(args, item.name) for item in dataclasses.fields(TrainSettings)
               if getattr(args, item.name, None) is not None}
     if getattr(args, "no_rotation", False):

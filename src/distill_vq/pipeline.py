@@ -136,7 +136,7 @@ def embed_task(task: RetrievalTask, settings: TrainSettings, encoder_name: str |
         progress(f"Encoding {' and '.join(f'{counts[what]} {what}' for what in to_encode)} with {name}")
     else:
         progress("Reading the embeddings")
-    encoder = TextEncoder(encoder_name, revision=revision) if to_encode else None
+    encoder = TextEncoder(encoder_name, revision=revision, device=settings.device) if to_encode else None
     cache_dir = Path(settings.cache_dir).expanduser()
     if settings.doc_embeddings is not None:
         docs = read_embeddings(settings.doc_embeddings, num_docs, "corpus")

@@ -138,6 +138,7 @@ class TrainSettings:
     doc_embeddings: str | None = None
     query_embeddings: str | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
+    device: str | None = None  # "cuda" or "cpu" for encoding and training; None: CUDA when torch sees it
     id_column: str | None = None
     text_column: str | None = None
     title_column: str | None = None
