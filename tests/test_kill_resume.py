@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 
 from distill_vq import pipeline  # noqa: F401 - imported before the fork, so the killed run starts at once
 from distill_vq.cli import main
+from distill_vq.output_folder import last_checkpoint
 
 INDEX = ["--num-lists", "16", "--num-subvectors", "8", "--no-rotation", "--batch-size", "16", "--disable-tqdm", "true"]
 MAX_STEPS = 10  # a checkpoint every step (every 10%)
@@ -45,7 +46,7 @@ def test_a_run_killed_mid_training_resumes_bit_identical(train, tmp_path, capsys
     assert main([*train, "--output-dir", str(output_dir)]) == 2  # a second run into the same folder
     assert f"another distill-vq run: its lock {tmp_path}/.out.lock is held by process {killed.pid}" in (
         capsys.readouterr().err)
-    wait_for(lambda: any(tmp_path.glob(".out.staging-*/checkpoints/checkpoint-*/trainer_state.json")), killed)
+    wait_for(lambda: last_checkpoint(output_dir) is not None, killed)  # a whole checkpoint: killed after it
     killed.kill()  # SIGKILL
     killed.join()
     assert killed.exitcode == -signal.SIGKILL

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,17 @@ def test_each_run_stages_apart_and_a_killed_runs_checkpoints_are_not_published(t
     assert stagings[0] != stagings[1]
     assert names(tmp_path) == ["out"] and names(output_dir) == ["index_config.json", "results.json"]
     assert last_checkpoint(output_dir) is None
+
+
+def test_a_checkpoint_cut_while_saving_is_passed_over_for_the_one_before(tmp_path, caplog):
+    checkpoints = tmp_path / ".out.staging-killed" / "checkpoints"
+    for step, state in ((1, '{"global_step": 1}'), (2, ""), (3, '{"global_st')):  # 2 and 3: killed mid-write
+        (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        (checkpoints / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+        time.sleep(0.01)  # the newest is the last written
+    with caplog.at_level(logging.WARNING):
+        assert last_checkpoint(tmp_path / "out") == checkpoints / "checkpoint-1"
+    assert caplog.text.count("is incomplete (the run was killed while saving it)") == 2
 
 
 def test_a_failed_run_without_checkpoints_leaves_nothing(tmp_path):

@@ -189,11 +189,23 @@ def recover_interrupted_swap(output_dir: str | Path) -> None:
 
 def last_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of the runs into `output_dir`: in a killed run's staging folder, or in the
-    `checkpoints/` of the folder itself; None when there is none."""
+    `checkpoints/` of the folder itself; None when there is none.
+
+    The Trainer writes a checkpoint's `trainer_state.json` after its weights, optimizer and RNG states, so a
+    checkpoint is complete when that file is a whole JSON object; a run killed while writing it leaves it empty or
+    cut, and the checkpoint before is taken instead (with a warning)."""
     output_dir = _absolute(output_dir)
     folders = [output_dir / CHECKPOINTS_DIR, *(staging / CHECKPOINTS_DIR for staging in _staging_folders(output_dir))]
     states = [state for folder in folders for state in folder.glob(f"checkpoint-*/{TRAINER_STATE_FILE}")]
-    return max(states, key=lambda state: state.stat().st_mtime).parent if states else None
+    for state in sorted(states, key=lambda state: state.stat().st_mtime, reverse=True):
+        try:
+            _read_json(state, dict)
+        except DataError:
+            logger.warning(f"Skipping {state.parent}: its {TRAINER_STATE_FILE} is incomplete (the run was killed "
+                           "while saving it).")
+            continue
+        return state.parent
+    return None
 
 
 def write_run_signature(folder: Path, signature: dict) -> None:
