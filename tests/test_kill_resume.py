@@ -40,7 +40,8 @@ def test_a_run_killed_mid_training_resumes_bit_identical(train, tmp_path, capsys
     reference run in this process, one after the other."""
     output_dir = tmp_path / "out"
     command = [*train, "--max-steps", str(MAX_STEPS)]
-    killed = multiprocessing.get_context("fork").Process(target=main, args=([*command, "--output-dir", str(output_dir)],))
+    fork = multiprocessing.get_context("fork")
+    killed = fork.Process(target=main, args=([*command, "--output-dir", str(output_dir)],))
     killed.start()
     wait_for((tmp_path / ".out.lock").exists, killed)
     assert main([*train, "--output-dir", str(output_dir)]) == 2  # a second run into the same folder

@@ -159,4 +159,6 @@ def learning_rates(model, pq_learning_rate: float | None = None, ivf_learning_ra
             "query_encoder": query_encoder_learning_rate, "query_adapter": query_adapter_learning_rate}
 
 
-__all__ = ["CandidateMiner", "ExactSearch", "exact_search", "learning_rates", "rms_learning_rate", "teacher_score_spread"]
+__all__ = [
+    "CandidateMiner", "ExactSearch", "exact_search", "learning_rates", "rms_learning_rate", "teacher_score_spread",
+]
