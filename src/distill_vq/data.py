@@ -31,6 +31,7 @@ import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -456,9 +457,9 @@ class RetrievalTask:
     eval_name: str
     pseudo_queries: bool = False
 
-    @property
+    @cached_property
     def doc_ids(self) -> list[str]:
-        """Document ids by row."""
+        """Document ids by row (read once: a run asks for them several times)."""
         return self.corpus["_id"][:]  # `[:]` reads the column at once; iterating `Column` decodes row by row (150x)
 
     @property
