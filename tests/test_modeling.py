@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
 from distill_vq import DistillVQConfig, DistillVQModel
+from distill_vq.quantizers.product import SoftAssignment, codeword_distances
 
 SMALL = {"embedding_dim": 32, "num_lists": 16, "num_subvectors": 8, "bits_per_subvector": 5}
 
@@ -51,6 +52,34 @@ def test_gradients_reach_centroids_and_codebooks(model, random_embeddings):
     used[torch.arange(8), codes] = True
     assert (model.codebooks.grad.abs().sum(-1)[~used] > 0).any()
     model.zero_grad()
+
+
+@pytest.mark.parametrize("temperature", [None, 0.3])
+def test_blocked_soft_assignment_has_the_gradients_of_the_autograd_straight_through(temperature):
+    """`SoftAssignment` (blocks of 7 documents, a ragged last one) against the estimator written with autograd."""
+    torch.manual_seed(0)
+    subvectors = torch.randn(4, 300, 6, dtype=torch.float64, requires_grad=True)
+    codebooks = torch.randn(4, 16, 6, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, 300, 6, dtype=torch.float64)
+    nearest, codes, used_temperature = SoftAssignment.apply(subvectors, codebooks, temperature, 7)
+    (nearest * upstream).sum().backward()
+    gradients = subvectors.grad, codebooks.grad
+    subvectors.grad = codebooks.grad = None
+
+    distances = codeword_distances(subvectors, codebooks)  # (4, 300, 16)
+    if temperature is None:
+        nearest_two = distances.detach().topk(2, dim=-1, largest=False).values
+        temperature = (nearest_two[..., 1] - nearest_two[..., 0]).mean()
+    soft = torch.softmax(-distances / temperature, dim=-1)
+    reference_codes = distances.argmin(dim=-1)
+    hard = codebooks.gather(1, reference_codes.unsqueeze(-1).expand(-1, -1, 6))
+    reference = hard + torch.bmm(soft - soft.detach(), codebooks.detach())
+    (reference * upstream).sum().backward()
+
+    assert torch.equal(codes, reference_codes) and torch.equal(nearest, reference)
+    torch.testing.assert_close(used_temperature, torch.as_tensor(temperature, dtype=torch.float64))
+    torch.testing.assert_close(gradients[0], subvectors.grad)
+    torch.testing.assert_close(gradients[1], codebooks.grad)
 
 
 def test_save_and_load_round_trip_bit_exact(model, tmp_path):
