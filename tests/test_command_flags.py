@@ -1,6 +1,7 @@
 """Flags of the whole command: `--threads` (one thread count for torch and faiss, capped at the cores available),
 `--version`, and a `--help` that loads no torch."""
 
+import os
 import subprocess
 import sys
 
@@ -27,6 +28,16 @@ def test_threads_set_torch_and_faiss_and_are_capped_at_the_cores(monkeypatch, ca
         assert torch.get_num_threads() == faiss.omp_get_max_threads() == 1
     finally:
         set_threads(1)
+
+
+def test_openmp_threads_sleep_at_barriers_unless_the_environment_says_otherwise(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "")  # recorded, so that the test's changes are undone after it
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    set_threads(1)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    set_threads(1)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_version(capsys):
