@@ -54,7 +54,14 @@ class SoftAssignment(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_nearest, *_):
+        """The gradients of the soft assignment, block by block, in float32 whatever the autocast around it."""
+        with torch.autocast(grad_nearest.device.type, enabled=False):
+            return SoftAssignment._backward(ctx, grad_nearest)
+
+    @staticmethod
+    def _backward(ctx, grad_nearest):
         subvectors, codebooks, codes = ctx.saved_tensors
+        grad_nearest = grad_nearest.to(codebooks.dtype)
         grad_subvectors, weighted_sums, soft_sums = [], torch.zeros_like(codebooks), 0
         for block, grad_block in zip(torch.split(subvectors, ctx.block_size, dim=1),
                                      torch.split(grad_nearest, ctx.block_size, dim=1)):
@@ -124,7 +131,7 @@ class ProductQuantizer:
             subvectors = cls._subvectors(config, residuals)
             block_size = max(1, CACHE_BLOCK_BYTES // (4 * codebooks.shape[0] * codebooks.shape[1]))
             if residuals.device.type != "cpu":  # cache blocking pays on CPUs; a GPU takes the batch at once
-                block_size = num_docs
+                block_size = max(1, num_docs)
             reconstruction, codes, temperature = SoftAssignment.apply(subvectors, codebooks.float(), temperature,
                                                                       block_size)
         return reconstruction.transpose(0, 1).reshape(num_docs, -1), codes.T, temperature
