@@ -8,11 +8,14 @@ import numpy as np
 import torch
 
 
-def codeword_distances(subvectors: torch.Tensor, codebooks: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def codeword_distances(subvectors: torch.Tensor, codebooks: torch.Tensor, scale: float = 1.0,
+                       squared_norms: torch.Tensor | None = None) -> torch.Tensor:
     """`(M, N, dsub), (M, K, dsub) -> (M, N, K)`: `scale` times each sub-vector's squared distance to every codeword
-    of its sub-space, up to the per-sub-vector constant `||s||^2`."""
-    return torch.baddbmm(codebooks.pow(2).sum(-1).unsqueeze(1), subvectors, codebooks.transpose(1, 2),
-                         beta=scale, alpha=-2 * scale)
+    of its sub-space, up to the per-sub-vector constant `||s||^2`. `squared_norms (M, 1, K)`: the codewords' squared
+    norms, when a caller going through blocks of sub-vectors computed them once."""
+    if squared_norms is None:
+        squared_norms = codebooks.pow(2).sum(-1).unsqueeze(1)
+    return torch.baddbmm(squared_norms, subvectors, codebooks.transpose(1, 2), beta=scale, alpha=-2 * scale)
 
 
 # a training step's soft assignment goes through the documents in blocks whose (M, block, K) float32 temporaries
@@ -36,9 +39,9 @@ class SoftAssignment(torch.autograd.Function):
         """`subvectors (M, N, dsub), codebooks (M, K, dsub)` -> `(nearest codewords (M, N, dsub), codes (M, N),
         temperature ())`; `temperature` `None` is the batch's mean gap between the nearest and second-nearest
         codeword distance."""
-        codes, gaps = [], []
+        codes, gaps, squared_norms = [], [], codebooks.pow(2).sum(-1).unsqueeze(1)
         for block in torch.split(subvectors, block_size, dim=1):
-            logits = codeword_distances(block, codebooks, scale=-1.0)  # (M, n, K), larger is nearer
+            logits = codeword_distances(block, codebooks, -1.0, squared_norms)  # (M, n, K), larger is nearer
             nearest, block_codes = logits.max(dim=-1, keepdim=True)  # the first of equals, as faiss's argmin
             codes.append(block_codes.squeeze(-1))
             if temperature is None:  # the second-nearest: mask the nearest (a max is faster than topk(2))
@@ -63,9 +66,10 @@ class SoftAssignment(torch.autograd.Function):
         subvectors, codebooks, codes = ctx.saved_tensors
         grad_nearest = grad_nearest.to(codebooks.dtype)
         grad_subvectors, weighted_sums, soft_sums = [], torch.zeros_like(codebooks), 0
+        squared_norms = codebooks.pow(2).sum(-1).unsqueeze(1)
         for block, grad_block in zip(torch.split(subvectors, ctx.block_size, dim=1),
                                      torch.split(grad_nearest, ctx.block_size, dim=1)):
-            logits = codeword_distances(block, codebooks, scale=-1.0 / ctx.temperature)  # (M, n, K)
+            logits = codeword_distances(block, codebooks, -1.0 / ctx.temperature, squared_norms)  # (M, n, K)
             # weights under e^-60 of the nearest's are raised to it: no denormal floats, which are ~3x slower
             torch.maximum(logits, logits.amax(-1, keepdim=True) - 60.0, out=logits)
             soft = torch.softmax(logits, dim=-1)
