@@ -55,31 +55,39 @@ class PartTimer:
             setattr(owner, attribute, original)
 
 
-def time_steps(docs: np.ndarray, queries: np.ndarray, num_bytes: int, args) -> dict:
-    """Seconds per step (and per part) of `args.steps` steps at `num_bytes` bytes per vector."""
-    config = DistillVQConfig(embedding_dim=docs.shape[1], num_lists=args.num_lists, num_subvectors=num_bytes,
-                             use_rotation=True)
-    model = DistillVQModel.from_embeddings(docs, config, seed=0, max_train_docs=args.train_docs)
-    train = Dataset.from_dict({"query_embedding": queries[: 64 * args.steps]}).map(
+def seconds_per_step(model, docs: np.ndarray, queries: np.ndarray, steps: int, profile_operators: bool = False) -> float:
+    """Mean wall seconds of `steps` distillation steps of 64 `queries (>= 64 * steps, dim)` with their teacher
+    top-200 among `docs (N, dim)` (mining and the trainer's setup not counted)."""
+    train = Dataset.from_dict({"query_embedding": queries[: 64 * steps]}).map(
         CandidateMiner(docs, 200, 0, seed=0), batched=True, batch_size=1024)
-    timer = PartTimer()
     with tempfile.TemporaryDirectory() as scratch:
         training_args = DistillVQTrainingArguments(
-            output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=64, save_strategy="no",
-            report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=10**6, seed=0)
+            output_dir=scratch, max_steps=steps, per_device_train_batch_size=64, save_strategy="no", report_to=[],
+            use_cpu=True, disable_tqdm=True, logging_steps=10**6, seed=0)
         trainer = DistillVQTrainer(model, training_args, train, docs)
-        if hasattr(product, "SoftAssignment"):  # absent before commit c33abc2, whose steps this script compares
-            timer.wrap(product.SoftAssignment, "forward", "soft assignment forward", static=True)
-            timer.wrap(product.SoftAssignment, "backward", "soft assignment backward", static=True)
-        timer.wrap(DistillVQModel, "assign_lists", "list assignment")
         start = time.perf_counter()
-        if args.profile:
+        if profile_operators:
             with profile(activities=[ProfilerActivity.CPU]) as profiler:
                 trainer.train()
             print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
         else:
             trainer.train()
-        seconds = (time.perf_counter() - start) / args.steps
+        return (time.perf_counter() - start) / steps
+
+
+def time_steps(docs: np.ndarray, queries: np.ndarray, num_bytes: int, args) -> dict:
+    """Seconds per step (and per part) of `args.steps` steps at `num_bytes` bytes per vector."""
+    config = DistillVQConfig(embedding_dim=docs.shape[1], num_lists=args.num_lists, num_subvectors=num_bytes,
+                             use_rotation=True)
+    model = DistillVQModel.from_embeddings(docs, config, seed=0, max_train_docs=args.train_docs)
+    timer = PartTimer()
+    if hasattr(product, "SoftAssignment"):  # absent before commit c33abc2, whose steps this script compares
+        timer.wrap(product.SoftAssignment, "forward", "soft assignment forward", static=True)
+        timer.wrap(product.SoftAssignment, "backward", "soft assignment backward", static=True)
+    timer.wrap(DistillVQModel, "assign_lists", "list assignment")
+    try:
+        seconds = seconds_per_step(model, docs, queries, args.steps, args.profile)
+    finally:
         timer.restore()
     return {"step": seconds, **{name: value / args.steps for name, value in timer.seconds.items()}}
 

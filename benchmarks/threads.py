@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,11 +35,9 @@ def measure(corpus: Path, threads: int, train_docs: int, steps: int) -> dict:
     import faiss
     import numpy as np
     import torch
-    from datasets import Dataset
+    from step_speed import seconds_per_step
 
     from distill_vq import DistillVQModel
-    from distill_vq.sampling import CandidateMiner
-    from distill_vq.trainer import DistillVQTrainer, DistillVQTrainingArguments
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
@@ -54,16 +51,7 @@ def measure(corpus: Path, threads: int, train_docs: int, steps: int) -> dict:
         start = time.perf_counter()
         indexes[name].train(sample)
         seconds[name] = time.perf_counter() - start
-    model = DistillVQModel.from_faiss(indexes["opq_train"])
-    train = Dataset.from_dict({"query_embedding": queries[: 64 * steps]}).map(
-        CandidateMiner(docs, 200, 0, seed=0), batched=True, batch_size=1024)
-    with tempfile.TemporaryDirectory() as scratch:
-        args = DistillVQTrainingArguments(output_dir=scratch, max_steps=steps, per_device_train_batch_size=64,
-                                          save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
-        trainer = DistillVQTrainer(model, args, train, docs)
-        start = time.perf_counter()
-        trainer.train()
-        seconds["distill_step"] = (time.perf_counter() - start) / steps
+    seconds["distill_step"] = seconds_per_step(DistillVQModel.from_faiss(indexes["opq_train"]), docs, queries, steps)
     return seconds
 
 
