@@ -75,7 +75,8 @@ def test_training_moves_the_codebooks_and_the_export_still_scores_like_the_model
                                       save_strategy="no", disable_tqdm=True)
     trainer = DistillVQTrainer(model, args, Dataset.from_dict({"query_embedding": queries[:256]}), docs)
     trainer.train()
-    assert trainer.code_cache.codes.shape == (NUM_DOCS, 4)  # encoded at steps 0 and 2, used for every batch
+    cache = trainer.encoding_cache  # candidates encoded at step 0, again at step 2 or later
+    assert cache.codes.shape == (NUM_DOCS, 4) and set(cache.encoded_at[cache.encoded_at >= 0].tolist()) >= {0, 2}
     assert not torch.equal(model.codebooks.detach(), initial)
     assert_index_scores_like(model.to_faiss(docs, nprobe=8), model, queries[:50], docs)
 

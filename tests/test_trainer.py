@@ -9,6 +9,8 @@ import torch
 from datasets import Dataset, IterableDataset
 
 from distill_vq import DistillVQConfig, DistillVQModel, sampling
+from distill_vq.data import DataError
+from distill_vq.encoding_cache import ENCODING_CACHE_FILE, EncodingCache
 from distill_vq.evaluation import recall_vs_exact
 from distill_vq.losses import DistillVQLoss, KLDivergenceLoss
 from distill_vq.sampling import CandidateMiner, exact_search, teacher_score_spread
@@ -166,16 +168,52 @@ def test_resume_continues_from_the_checkpoint_step(split, initial_model, tmp_pat
     docs, train_queries, _ = split
     dataset = Dataset.from_dict({"query_embedding": train_queries[:256]})
     uninterrupted = fresh_copy(initial_model)
-    DistillVQTrainer(uninterrupted, training_args(tmp_path / "a", max_steps=6), dataset, docs).train()
+    reference = DistillVQTrainer(uninterrupted, training_args(tmp_path / "a", max_steps=6, code_refresh_steps=3),
+                                 dataset, docs)
+    reference.train()
 
     first = fresh_copy(initial_model)
-    args = training_args(tmp_path / "b", max_steps=4, save_strategy="steps", save_steps=4)
+    args = training_args(tmp_path / "b", max_steps=4, save_strategy="steps", save_steps=4, code_refresh_steps=3)
     DistillVQTrainer(first, args, dataset, docs).train()
     resumed = fresh_copy(initial_model)
-    trainer = DistillVQTrainer(resumed, training_args(tmp_path / "b", max_steps=6), dataset, docs)
+    trainer = DistillVQTrainer(resumed, training_args(tmp_path / "b", max_steps=6, code_refresh_steps=3), dataset,
+                               docs)
     trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-4"))
     assert trainer.state.global_step == 6
     torch.testing.assert_close(resumed.codebooks, uninterrupted.codebooks)
+    # the lists encoded at steps 1-3 and reused at 4-5 came back with the checkpoint, not encoded afresh at step 4
+    assert set(reference.encoding_cache.encoded_at.tolist()) >= {1, 2, 3, 4, 5}
+    assert torch.equal(trainer.encoding_cache.encoded_at, reference.encoding_cache.encoded_at)
+    assert torch.equal(trainer.encoding_cache.list_ids, reference.encoding_cache.list_ids)
+
+
+def test_documents_keep_their_lists_for_code_refresh_steps(split, initial_model):
+    docs = torch.from_numpy(split[0][:500])
+    model = fresh_copy(initial_model)
+    cache = EncodingCache(len(docs), None, refresh_steps=2)
+    rows = torch.arange(0, 500, 2)
+    lists, codes = cache.lookup(model, rows, docs[rows], step=0)
+    assert codes is None and torch.equal(lists, model.assign_lists(model.rotate(docs[rows])))
+    with torch.no_grad():
+        model.ivf_centroids.copy_(model.ivf_centroids.roll(1, dims=0))  # every document's list is now another
+    assert torch.equal(cache.lookup(model, rows, docs[rows], step=1)[0], lists)  # held
+    moved = cache.lookup(model, rows, docs[rows], step=2)[0]  # encoded again
+    assert torch.equal(moved, (lists + 1) % model.config.num_lists)
+    assert torch.equal(cache.lookup(model, torch.tensor([0, 1]), docs[:2], step=2)[0][1],
+                       model.assign_lists(model.rotate(docs[1:2]))[0])  # a row never encoded is encoded now
+
+
+def test_a_damaged_or_foreign_encoding_cache_is_named(tmp_path):
+    cache = EncodingCache(10, None, refresh_steps=5)
+    (tmp_path / ENCODING_CACHE_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match=f"{ENCODING_CACHE_FILE} is damaged .*delete it to resume"):
+        cache.load(tmp_path)
+    EncodingCache(10, 4, refresh_steps=5).save(tmp_path)
+    with pytest.raises(DataError, match=r"does not fit this run \(codes: \(10, 4\) saved, None expected\)"):
+        cache.load(tmp_path)
+    EncodingCache(12, None, refresh_steps=5).save(tmp_path)
+    with pytest.raises(DataError, match=r"list_ids: \(12,\) saved, \(10,\) expected"):
+        cache.load(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,15 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from .encoding_cache import EncodingCache
 from .losses import IGNORE_INDEX, SCORE_LOSSES, DistillVQLoss, build_score_loss
 from .model_card import DistillVQModelCardCallback
 from .sampling import CandidateMiner, learning_rates, teacher_score_spread
@@ -77,8 +80,9 @@ class DistillVQTrainingArguments(TrainingArguments):
         default=1e-4, metadata={"help": "Learning rate of the query adapter (a linear map at identity)."}
     )
     code_refresh_steps: int = field(
-        default=50, metadata={"help": "RQ: the documents' codes (faiss's beam search, too slow for every step) are "
-                                      "held fixed and re-encoded with the current codebooks every this many steps."}
+        default=50, metadata={"help": "A document's IVF list (and RQ's beam-search codes, too slow for every step) "
+                                      "is reused for this many steps, then encoded again with the current weights "
+                                      "when next a candidate (see `encoding_cache`)."}
     )
     num_teacher_candidates: int = field(default=200, metadata={"help": "Teacher top-K documents per query."})
     num_random_candidates: int = field(default=0, metadata={"help": "Random documents per query."})
@@ -163,37 +167,6 @@ class DistillVQCollator:
         return batch
 
 
-class CodeCache(TrainerCallback):
-    """The documents' IVF lists and codes, encoded with the current weights at the start of training and every
-    `refresh_steps` steps after: for code families whose encoding is a search (RQ's beam search), which training
-    holds fixed between refreshes while the gradient moves the selected codewords.
-
-    Args:
-        doc_embeddings: `(num_docs, dim)` teacher document embeddings.
-        refresh_steps: steps between two encodings.
-    """
-
-    def __init__(self, doc_embeddings, refresh_steps: int):
-        self.doc_embeddings = doc_embeddings
-        self.refresh_steps = refresh_steps
-        self.list_ids = self.codes = None
-
-    def refresh(self, model) -> None:
-        seconds = time.perf_counter()
-        self.list_ids, self.codes = model.quantize(self.doc_embeddings)
-        logger.info(f"Encoded {len(self.codes)} documents with the current codebooks in "
-                    f"{time.perf_counter() - seconds:.1f} s.")
-
-    def lookup(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(U,)` document rows -> their `(list_ids (U,), codes (U, num_codes))`."""
-        rows = rows.to(self.codes.device)
-        return self.list_ids[rows], self.codes[rows]
-
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
-        if self.codes is None or (state.global_step > 0 and state.global_step % self.refresh_steps == 0):
-            self.refresh(model)
-
-
 class TimeBudgetCallback(TrainerCallback):
     """Ends training at the first step after `max_seconds` of training (every process decides on the main
     process's clock, so that they stop at the same step)."""
@@ -251,10 +224,9 @@ class DistillVQTrainer(Trainer):
             raise TypeError(f"loss must be a DistillVQLoss; got {type(loss).__name__}. Wrap your score loss: "
                             "DistillVQLoss(model, score_loss=...).")
         self.loss = loss if loss is not None else self.build_loss(model, train_dataset)
-        self.code_cache = None
-        if model.code_family.name == "rq":
-            self.code_cache = CodeCache(self.doc_embeddings, args.code_refresh_steps)
-            self.add_callback(self.code_cache)
+        self.encoding_cache = EncodingCache(
+            len(self.doc_embeddings), model.code_family.num_codes(model.config) if model.code_family.cached_codes
+            else None, args.code_refresh_steps)
         self._loss_terms = defaultdict(list)
         card_callback = DistillVQModelCardCallback()  # fills model.model_card_data, written to README.md on save
         self.add_callback(card_callback)
@@ -351,8 +323,9 @@ class DistillVQTrainer(Trainer):
         doc_ids = inputs.pop("doc_ids", None)
         if doc_ids is not None and self.accelerator.num_processes > 1:
             inputs["doc_embeddings"], inputs["labels"], doc_ids = self.share_candidates(doc_ids, inputs["labels"])
-        if self.code_cache is not None and doc_ids is not None:
-            inputs["doc_list_ids"], inputs["doc_codes"] = self.code_cache.lookup(doc_ids)
+        if doc_ids is not None:
+            inputs["doc_list_ids"], inputs["doc_codes"] = self.encoding_cache.lookup(
+                self.accelerator.unwrap_model(model), doc_ids, inputs["doc_embeddings"], self.state.global_step)
         if self.loss.model is not model:  # the DDP wrapper, so that its forward synchronises the gradients
             self.loss.model = model
         terms, outputs = self.loss(inputs, return_outputs=True)
@@ -361,6 +334,22 @@ class DistillVQTrainer(Trainer):
         self._loss_terms["codeword_temperature"].append(outputs.codeword_temperature.detach())
         loss = torch.stack(list(terms.values())).sum()
         return (loss, outputs) if return_outputs else loss
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, restoring the documents' encodings that the checkpoint saved with its weights."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint:
+            self.encoding_cache.load(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, with the documents' encodings written first (its `trainer_state.json`, written
+        last, marks a checkpoint complete)."""
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.encoding_cache.save(folder)
+        super()._save_checkpoint(model, trial)
 
     def create_model_card(self, *args, **kwargs) -> None:
         """For `Trainer.push_to_hub`: the model's distill-vq card in `args.output_dir`, naming the repository, instead of
@@ -392,4 +381,4 @@ class DistillVQTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-__all__ = ["CodeCache", "DistillVQCollator", "DistillVQTrainer", "DistillVQTrainingArguments", "TimeBudgetCallback"]
+__all__ = ["DistillVQCollator", "DistillVQTrainer", "DistillVQTrainingArguments", "TimeBudgetCallback"]

@@ -27,6 +27,7 @@ class ResidualQuantizer:
 
     name = "rq"
     faiss_index_type = faiss.IndexIVFResidualQuantizer
+    cached_codes = True  # beam search is too slow for every step: training reuses codes (`encoding_cache`)
 
     @classmethod
     def check_config(cls, config) -> None:

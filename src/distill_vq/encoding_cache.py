@@ -1,0 +1,88 @@
+"""The training documents' IVF lists (and search-found codes) as encoded at an earlier step, reused for a while.
+
+Assigning a step's ~10k candidate documents to their lists scores each against every IVF centroid, a large share of
+a step's time, and RQ's beam search is slower still; both change little from one step to the next. A step encodes
+only the candidates it has not encoded within the last `refresh_steps` steps (on the 59k-document Debian set about
+a tenth of them at 50 steps), never the whole corpus, so it costs at most what encoding every candidate did.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .data import DataError
+from .io_utils import atomic_path
+
+ENCODING_CACHE_FILE = "document_encodings.safetensors"  # in each checkpoint, so that a resumed run is bit-identical
+
+
+class EncodingCache:
+    """Each document's IVF list and, for code families whose encoding is a search (`cached_codes`), its codes,
+    with the step that encoded them.
+
+    Args:
+        num_docs: rows of the training documents.
+        num_codes: codes per document to keep, or None to keep lists only (PQ recomputes its codes every step,
+            exactly and cheaply, in the soft assignment that its gradient needs anyway).
+        refresh_steps: a document encoded this many steps ago or more is encoded again when next a candidate.
+    """
+
+    def __init__(self, num_docs: int, num_codes: int | None, refresh_steps: int):
+        if refresh_steps < 1:
+            raise ValueError(f"code_refresh_steps={refresh_steps} must be at least 1 (1 encodes every step).")
+        self.refresh_steps = refresh_steps
+        self.list_ids = torch.zeros(num_docs, dtype=torch.long)
+        self.codes = None if num_codes is None else torch.zeros(num_docs, num_codes, dtype=torch.long)
+        self.encoded_at = torch.full((num_docs,), -refresh_steps, dtype=torch.long)  # never: stale at step 0
+
+    @torch.no_grad()
+    def lookup(self, model, rows: torch.Tensor, doc_embeddings: torch.Tensor, step: int
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The lists `(U,)` and codes `(U, num_codes)` (None without codes) of documents `rows (U,)` whose
+        embeddings are `doc_embeddings (U, dim)`, encoding with `model`'s current weights those not encoded within
+        `refresh_steps` steps of `step`."""
+        rows = rows.cpu()
+        stale = step - self.encoded_at[rows] >= self.refresh_steps
+        if stale.any():
+            docs = doc_embeddings[stale.to(doc_embeddings.device)]
+            if self.codes is None:
+                with torch.autocast(docs.device.type, enabled=False):
+                    self.list_ids[rows[stale]] = model.assign_lists(model.rotate(docs)).cpu()
+            else:
+                list_ids, codes = model.quantize(docs)
+                self.list_ids[rows[stale]], self.codes[rows[stale]] = list_ids.cpu(), codes.cpu()
+            self.encoded_at[rows[stale]] = step
+        device = doc_embeddings.device
+        return self.list_ids[rows].to(device), None if self.codes is None else self.codes[rows].to(device)
+
+    def save(self, folder) -> None:
+        """Write the cache into checkpoint `folder` (atomically)."""
+        tensors = {"list_ids": self.list_ids, "encoded_at": self.encoded_at}
+        if self.codes is not None:
+            tensors["codes"] = self.codes
+        with atomic_path(Path(folder) / ENCODING_CACHE_FILE) as tmp:
+            save_file(tensors, str(tmp))
+
+    def load(self, folder) -> None:
+        """Read the cache a checkpoint `folder` saved; a checkpoint without one leaves the cache empty."""
+        path = Path(folder) / ENCODING_CACHE_FILE
+        if not path.exists():
+            return
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise DataError(f"{path} is damaged ({error}); delete it to resume from this checkpoint with the "
+                            "documents encoded afresh.") from None
+        expected = {"list_ids": self.list_ids, "encoded_at": self.encoded_at, "codes": self.codes}
+        for name, tensor in expected.items():
+            saved = tensors.get(name)
+            if (saved is None) != (tensor is None) or (tensor is not None and saved.shape != tensor.shape):
+                raise DataError(f"{path} does not fit this run ({name}: "
+                                f"{None if saved is None else tuple(saved.shape)} saved, "
+                                f"{None if tensor is None else tuple(tensor.shape)} expected); resume with the "
+                                "documents and index settings of the checkpoint's run, or delete the file.")
+        self.list_ids, self.encoded_at, self.codes = tensors["list_ids"], tensors["encoded_at"], tensors.get("codes")
