@@ -5,6 +5,9 @@ third family (LSQ, product-residual) is a new module registered here, not new br
 
     product.py    `ProductQuantizer`: `num_subvectors` sub-vector codebooks, nearest codeword each (faiss PQ)
     residual.py   `ResidualQuantizer`: `num_codebooks` full-dimension codebooks summed, beam search (faiss RQ)
+
+A family's `cached_codes` says whether training reuses its codes between encodings (`encoding_cache`): true where
+encoding is a search too slow for every step.
 """
 
 from __future__ import annotations
