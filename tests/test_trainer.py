@@ -182,6 +182,8 @@ def test_resume_continues_from_the_checkpoint_step(split, initial_model, tmp_pat
     assert trainer.state.global_step == 6
     torch.testing.assert_close(resumed.codebooks, uninterrupted.codebooks)
     # the lists encoded at steps 1-3 and reused at 4-5 came back with the checkpoint, not encoded afresh at step 4
+    with pytest.raises(ValueError, match="No valid checkpoint found"):  # `True` with none: the Trainer's error
+        DistillVQTrainer(fresh_copy(initial_model), training_args(tmp_path / "c"), dataset, docs).train(True)
     assert set(reference.encoding_cache.encoded_at.tolist()) >= {1, 2, 3, 4, 5}
     assert torch.equal(trainer.encoding_cache.encoded_at, reference.encoding_cache.encoded_at)
     assert torch.equal(trainer.encoding_cache.list_ids, reference.encoding_cache.list_ids)

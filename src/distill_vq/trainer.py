@@ -337,10 +337,11 @@ class DistillVQTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`, restoring the documents' encodings that the checkpoint saved with its weights."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-        if resume_from_checkpoint:
-            self.encoding_cache.load(resume_from_checkpoint)
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:  # the newest in output_dir; none is the Trainer's error to raise
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if checkpoint:
+            self.encoding_cache.load(checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
