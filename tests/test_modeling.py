@@ -82,6 +82,16 @@ def test_blocked_soft_assignment_has_the_gradients_of_the_autograd_straight_thro
     torch.testing.assert_close(gradients[1], codebooks.grad)
 
 
+@pytest.mark.parametrize("temperature", [None, 0.3])
+def test_soft_assignment_takes_the_first_of_equal_codewords_and_keeps_nan_codes_in_range(temperature):
+    codebooks = torch.randn(2, 16, 4)
+    codebooks[:, 9] = codebooks[:, 3]  # two equal codewords: faiss's argmin takes the first
+    subvectors = torch.stack([codebooks[:, 3], codebooks[:, 3] + 0.01, torch.full((2, 4), torch.nan)], dim=1)
+    nearest, codes, _ = SoftAssignment.apply(subvectors, codebooks, temperature, 2)
+    assert codes[:, :2].tolist() == [[3, 3], [3, 3]]
+    assert (codes[:, 2] < 16).all() and nearest[:, 2].isfinite().all()  # a NaN row: a valid index, not an error
+
+
 def test_save_and_load_round_trip_bit_exact(model, tmp_path):
     model.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]

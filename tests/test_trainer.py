@@ -143,6 +143,7 @@ def test_weights_no_loss_reaches_are_frozen(split, initial_model, tmp_path):
 @pytest.mark.parametrize(("settings", "message"), [
     ({"pq_loss_weight": 0.0, "ivf_loss_weight": 0.0}, "Every loss weight is 0"),
     ({"num_teacher_candidates": 1}, "at least 2 candidates per query"),
+    ({"code_refresh_steps": 0}, "code_refresh_steps=0 must be at least 1"),
 ])
 def test_training_arguments_that_cannot_train_are_refused(tmp_path, settings, message):
     with pytest.raises(ValueError, match=message):

@@ -18,6 +18,7 @@ from .data import DataError
 from .io_utils import atomic_path
 
 ENCODING_CACHE_FILE = "document_encodings.safetensors"  # in each checkpoint, so that a resumed run is bit-identical
+NEVER = -1  # `encoded_at` of a document not encoded yet
 
 
 class EncodingCache:
@@ -26,18 +27,20 @@ class EncodingCache:
 
     Args:
         num_docs: rows of the training documents.
-        num_codes: codes per document to keep, or None to keep lists only (PQ recomputes its codes every step,
-            exactly and cheaply, in the soft assignment that its gradient needs anyway).
+        num_codes: 8-bit codes per document to keep, or None to keep lists only (PQ recomputes its codes every
+            step, exactly and cheaply, in the soft assignment that its gradient needs anyway).
         refresh_steps: a document encoded this many steps ago or more is encoded again when next a candidate.
     """
 
     def __init__(self, num_docs: int, num_codes: int | None, refresh_steps: int):
-        if refresh_steps < 1:
-            raise ValueError(f"code_refresh_steps={refresh_steps} must be at least 1 (1 encodes every step).")
         self.refresh_steps = refresh_steps
-        self.list_ids = torch.zeros(num_docs, dtype=torch.long)
-        self.codes = None if num_codes is None else torch.zeros(num_docs, num_codes, dtype=torch.long)
-        self.encoded_at = torch.full((num_docs,), -refresh_steps, dtype=torch.long)  # never: stale at step 0
+        self.list_ids = torch.zeros(num_docs, dtype=torch.int32)
+        self.codes = None if num_codes is None else torch.zeros(num_docs, num_codes, dtype=torch.uint8)
+        self.encoded_at = torch.full((num_docs,), NEVER, dtype=torch.int32)
+
+    def clear(self) -> None:
+        """Forget every encoding (a new training run)."""
+        self.encoded_at.fill_(NEVER)
 
     @torch.no_grad()
     def lookup(self, model, rows: torch.Tensor, doc_embeddings: torch.Tensor, step: int
@@ -46,18 +49,19 @@ class EncodingCache:
         embeddings are `doc_embeddings (U, dim)`, encoding with `model`'s current weights those not encoded within
         `refresh_steps` steps of `step`."""
         rows = rows.cpu()
-        stale = step - self.encoded_at[rows] >= self.refresh_steps
+        encoded_at = self.encoded_at[rows]
+        stale = (encoded_at == NEVER) | (step - encoded_at >= self.refresh_steps)
         if stale.any():
-            docs = doc_embeddings[stale.to(doc_embeddings.device)]
-            if self.codes is None:
-                with torch.autocast(docs.device.type, enabled=False):
-                    self.list_ids[rows[stale]] = model.assign_lists(model.rotate(docs)).cpu()
-            else:
-                list_ids, codes = model.quantize(docs)
-                self.list_ids[rows[stale]], self.codes[rows[stale]] = list_ids.cpu(), codes.cpu()
-            self.encoded_at[rows[stale]] = step
+            stale_rows = rows[stale]
+            list_ids, codes = model.encode_batch(doc_embeddings[stale.to(doc_embeddings.device)],
+                                                 with_codes=self.codes is not None)
+            self.list_ids[stale_rows] = list_ids.to("cpu", torch.int32)
+            if codes is not None:
+                self.codes[stale_rows] = codes.to("cpu", torch.uint8)
+            self.encoded_at[stale_rows] = step
         device = doc_embeddings.device
-        return self.list_ids[rows].to(device), None if self.codes is None else self.codes[rows].to(device)
+        codes = None if self.codes is None else self.codes[rows].to(device, torch.long)
+        return self.list_ids[rows].to(device, torch.long), codes
 
     def save(self, folder) -> None:
         """Write the cache into checkpoint `folder` (atomically)."""
@@ -80,7 +84,8 @@ class EncodingCache:
         expected = {"list_ids": self.list_ids, "encoded_at": self.encoded_at, "codes": self.codes}
         for name, tensor in expected.items():
             saved = tensors.get(name)
-            if (saved is None) != (tensor is None) or (tensor is not None and saved.shape != tensor.shape):
+            if (saved is None) != (tensor is None) or (tensor is not None and (saved.shape, saved.dtype) != (
+                    tensor.shape, tensor.dtype)):
                 raise DataError(f"{path} does not fit this run ({name}: "
                                 f"{None if saved is None else tuple(saved.shape)} saved, "
                                 f"{None if tensor is None else tuple(tensor.shape)} expected); resume with the "

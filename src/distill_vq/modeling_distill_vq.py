@@ -293,14 +293,23 @@ class DistillVQModel(DistillVQPreTrainedModel):
         scores_per_doc = max(self.config.num_lists, self.codebooks.shape[0] * self.codebooks.shape[1])
         batch_size = batch_size or max(256, QUANTIZE_BATCH_BYTES // (4 * scores_per_doc))
         list_ids, codes = [], []
-        with torch.autocast(self.device.type, enabled=False):
-            for start in range(0, len(docs), batch_size):  # one batch in memory at a time (docs may be a memmap)
-                batch = torch.tensor(docs[start : start + batch_size], device=self.device)
-                rotated = self.rotate(batch)
-                lists = self.assign_lists(rotated)
-                list_ids.append(lists)
-                codes.append(self.code_family.encode(self.config, self.codebooks, rotated - self.ivf_centroids[lists]))
+        for start in range(0, len(docs), batch_size):  # one batch in memory at a time (docs may be a memmap)
+            batch_lists, batch_codes = self.encode_batch(torch.tensor(docs[start : start + batch_size],
+                                                                      device=self.device))
+            list_ids.append(batch_lists)
+            codes.append(batch_codes)
         return torch.cat(list_ids), torch.cat(codes)
+
+    @torch.no_grad()
+    def encode_batch(self, docs: torch.Tensor, with_codes: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`quantize` for a checked batch `docs (n, dim)` already on the model's device: `(list_ids (n,), codes
+        (n, num_codes))`, or codes None when not `with_codes`."""
+        with torch.autocast(docs.device.type, enabled=False):
+            rotated = self.rotate(docs)
+            lists = self.assign_lists(rotated)
+            if not with_codes:
+                return lists, None
+            return lists, self.code_family.encode(self.config, self.codebooks, rotated - self.ivf_centroids[lists])
 
     @torch.no_grad()
     def reconstruct(self, list_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -367,8 +376,8 @@ class DistillVQModel(DistillVQPreTrainedModel):
                 embedded by a student encoder; defaults to `query_embeddings`.
             doc_input_ids: `(M, L)` document tokens for the query encoder to embed as a symmetric student.
             doc_list_ids, doc_codes: the documents' lists `(N,)` and codes `(N, num_codes)` (flattened like
-                `doc_embeddings`) when computed beforehand (RQ's beam search is refreshed every few steps by the
-                trainer, not run every step); default: assigned and encoded now.
+                `doc_embeddings`) when computed beforehand (the trainer reuses them for a few steps, see
+                `encoding_cache`; PQ recomputes its codes anyway); default: assigned and encoded now.
         """
         if query_embeddings is None:
             query_embeddings = self.encode_queries(input_ids, attention_mask, token_type_ids)

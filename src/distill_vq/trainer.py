@@ -80,9 +80,9 @@ class DistillVQTrainingArguments(TrainingArguments):
         default=1e-4, metadata={"help": "Learning rate of the query adapter (a linear map at identity)."}
     )
     code_refresh_steps: int = field(
-        default=50, metadata={"help": "A document's IVF list (and RQ's beam-search codes, too slow for every step) "
-                                      "is reused for this many steps, then encoded again with the current weights "
-                                      "when next a candidate (see `encoding_cache`)."}
+        default=50, metadata={"help": "With in-batch candidates, a document's IVF list (and RQ's beam-search codes, "
+                                      "too slow for every step) is reused for this many steps, then encoded again "
+                                      "with the current weights when next a candidate (see `encoding_cache`)."}
     )
     num_teacher_candidates: int = field(default=200, metadata={"help": "Teacher top-K documents per query."})
     num_random_candidates: int = field(default=0, metadata={"help": "Random documents per query."})
@@ -110,6 +110,9 @@ class DistillVQTrainingArguments(TrainingArguments):
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError(f"num_train_epochs={self.num_train_epochs:g} with max_steps={self.max_steps} would train "
                              "nothing; set num_train_epochs > 0, or max_steps > 0.")
+        if self.code_refresh_steps < 1:
+            raise ValueError(f"code_refresh_steps={self.code_refresh_steps} must be at least 1 (1 encodes the "
+                             "candidates every step).")
         if self.ranking_temperature_scale <= 0:
             raise ValueError(f"ranking_temperature_scale={self.ranking_temperature_scale} must be positive.")
         if self.num_teacher_candidates + self.num_random_candidates < 2:
@@ -224,9 +227,11 @@ class DistillVQTrainer(Trainer):
             raise TypeError(f"loss must be a DistillVQLoss; got {type(loss).__name__}. Wrap your score loss: "
                             "DistillVQLoss(model, score_loss=...).")
         self.loss = loss if loss is not None else self.build_loss(model, train_dataset)
-        self.encoding_cache = EncodingCache(
-            len(self.doc_embeddings), model.code_family.num_codes(model.config) if model.code_family.cached_codes
-            else None, args.code_refresh_steps)
+        self.encoding_cache = None  # used with the batch's candidates shared by its queries (their rows known)
+        if args.in_batch_candidates:
+            self.encoding_cache = EncodingCache(
+                len(self.doc_embeddings), model.code_family.num_codes(model.config) if model.code_family.cached_codes
+                else None, args.code_refresh_steps)
         self._loss_terms = defaultdict(list)
         card_callback = DistillVQModelCardCallback()  # fills model.model_card_data, written to README.md on save
         self.add_callback(card_callback)
@@ -323,7 +328,7 @@ class DistillVQTrainer(Trainer):
         doc_ids = inputs.pop("doc_ids", None)
         if doc_ids is not None and self.accelerator.num_processes > 1:
             inputs["doc_embeddings"], inputs["labels"], doc_ids = self.share_candidates(doc_ids, inputs["labels"])
-        if doc_ids is not None:
+        if self.encoding_cache is not None and doc_ids is not None:
             inputs["doc_list_ids"], inputs["doc_codes"] = self.encoding_cache.lookup(
                 self.accelerator.unwrap_model(model), doc_ids, inputs["doc_embeddings"], self.state.global_step)
         if self.loss.model is not model:  # the DDP wrapper, so that its forward synchronises the gradients
@@ -337,17 +342,19 @@ class DistillVQTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`, restoring the documents' encodings that the checkpoint saved with its weights."""
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:  # the newest in output_dir; none is the Trainer's error to raise
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-        if checkpoint:
-            self.encoding_cache.load(checkpoint)
+        if self.encoding_cache is not None:
+            self.encoding_cache.clear()
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:  # the newest in output_dir; none is the Trainer's error to raise
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint:
+                self.encoding_cache.load(checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, with the documents' encodings written first (its `trainer_state.json`, written
         last, marks a checkpoint complete)."""
-        if self.args.should_save:
+        if self.encoding_cache is not None and self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             self.encoding_cache.save(folder)
         super()._save_checkpoint(model, trial)

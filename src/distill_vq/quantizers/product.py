@@ -40,14 +40,18 @@ class SoftAssignment(torch.autograd.Function):
         temperature ())`; `temperature` `None` is the batch's mean gap between the nearest and second-nearest
         codeword distance."""
         subvectors = subvectors.contiguous()  # contiguous blocks: a product copies a strided one, every block
+        codebooks = codebooks.contiguous()  # viewed as one row per codeword
         codes, gaps, squared_norms = [], [], codebooks.pow(2).sum(-1).unsqueeze(1)
         countdown = torch.arange(codebooks.shape[1], 0, -1, dtype=subvectors.dtype, device=subvectors.device)
         scratch = None
         for block in torch.split(subvectors, block_size, dim=1):
             logits = codeword_distances(block, codebooks, -1.0, squared_norms)  # (M, n, K), larger is nearer
-            nearest = logits.amax(dim=-1, keepdim=True)
-            scratch = torch.empty_like(logits) if scratch is None else scratch[:, : logits.shape[1]]
-            block_codes = _first_max_index(logits, nearest, scratch, countdown)
+            if logits.device.type == "cpu":  # max with indices is the slow part of a CPU's forward
+                nearest = logits.amax(dim=-1, keepdim=True)
+                scratch = torch.empty_like(logits) if scratch is None else scratch[:, : logits.shape[1]]
+                block_codes = _first_max_index(logits, nearest, scratch, countdown)
+            else:  # a GPU's one block: no scratch of its size
+                nearest, block_codes = logits.max(dim=-1, keepdim=True)
             codes.append(block_codes.squeeze(-1))
             if temperature is None:  # the second-nearest: mask the nearest (a max is faster than topk(2))
                 gaps.append((nearest.squeeze(-1) - logits.scatter_(-1, block_codes, -torch.inf).amax(-1)).sum())
@@ -98,7 +102,9 @@ def _first_max_index(logits: torch.Tensor, maxima: torch.Tensor, scratch: torch.
     first of equals, as faiss's argmin), in three vectorised passes over `scratch (M, n, K)`: `max` with indices is
     ~3x slower on CPUs. `countdown`: `K, K - 1, ..., 1`."""
     torch.eq(logits, maxima, out=scratch)
-    return (countdown.shape[0] - scratch.mul_(countdown).amax(-1, keepdim=True)).long()
+    # a NaN row (weights gone NaN) matches nowhere: keep its index in range, so the NaN reaches the loss
+    return (countdown.shape[0] - scratch.mul_(countdown).amax(-1, keepdim=True)).long().clamp_max_(
+        countdown.shape[0] - 1)
 
 
 def _flat_codewords(codebooks: torch.Tensor) -> torch.Tensor:
