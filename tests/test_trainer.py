@@ -212,10 +212,10 @@ def test_a_damaged_or_foreign_encoding_cache_is_named(tmp_path):
     with pytest.raises(DataError, match=f"{ENCODING_CACHE_FILE} is damaged .*delete it to resume"):
         cache.load(tmp_path)
     EncodingCache(10, 4, refresh_steps=5).save(tmp_path)
-    with pytest.raises(DataError, match=r"does not fit this run \(codes: \(10, 4\) saved, None expected\)"):
+    with pytest.raises(DataError, match=r"does not fit this run \(codes: \(10, 4\) uint8 saved, None expected\)"):
         cache.load(tmp_path)
     EncodingCache(12, None, refresh_steps=5).save(tmp_path)
-    with pytest.raises(DataError, match=r"list_ids: \(12,\) saved, \(10,\) expected"):
+    with pytest.raises(DataError, match=r"list_ids: \(12,\) int32 saved, \(10,\) int32 expected"):
         cache.load(tmp_path)
 
 

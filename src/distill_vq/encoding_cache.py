@@ -83,11 +83,15 @@ class EncodingCache:
                             "documents encoded afresh.") from None
         expected = {"list_ids": self.list_ids, "encoded_at": self.encoded_at, "codes": self.codes}
         for name, tensor in expected.items():
-            saved = tensors.get(name)
-            if (saved is None) != (tensor is None) or (tensor is not None and (saved.shape, saved.dtype) != (
-                    tensor.shape, tensor.dtype)):
-                raise DataError(f"{path} does not fit this run ({name}: "
-                                f"{None if saved is None else tuple(saved.shape)} saved, "
-                                f"{None if tensor is None else tuple(tensor.shape)} expected); resume with the "
-                                "documents and index settings of the checkpoint's run, or delete the file.")
+            saved, wanted = (None if t is None else (tuple(t.shape), str(t.dtype).removeprefix("torch."))
+                             for t in (tensors.get(name), tensor))
+            if saved != wanted:
+                raise DataError(f"{path} does not fit this run ({name}: {_describe(saved)} saved, "
+                                f"{_describe(wanted)} expected); resume with the documents and index settings of "
+                                "the checkpoint's run, or delete the file.")
         self.list_ids, self.encoded_at, self.codes = tensors["list_ids"], tensors["encoded_at"], tensors.get("codes")
+
+
+def _describe(shape_and_dtype: tuple | None) -> str:
+    """`((10, 4), "uint8")` -> `"(10, 4) uint8"`; None -> `"None"`."""
+    return "None" if shape_and_dtype is None else f"{shape_and_dtype[0]} {shape_and_dtype[1]}"
