@@ -5,7 +5,7 @@
 
 At each size: exact search, faiss IVF-PQ, OPQ-IVF-PQ, 4-bit fast-scan PQ, RQ, LSQ and PRQ, and distill-vq from the
 OPQ and from the RQ index, with the same lists, nprobe and threads; every faiss family trains on the same sample
-of documents. The query-side rows distil the RQ index together with a query adapter (`+adapter`), a copy of the
+of documents. The query-side rows distil either index together with a query adapter (`+adapter`), a copy of the
 teacher as query encoder (`+joint`, Distill-VQ's joint mode) or a 3-layer student (`+student`, layers 0,2,4 of the
 teacher, EmbedDistill); their test queries are embedded by what they trained (query-encoding throughput:
 `queries_per_second`). Recall against exact search and against the test qrels, training seconds, QPS, index size; writes
@@ -54,10 +54,10 @@ FAISS_METHODS = {
     "ivf-lsq": "IVF{nlist},LSQ{m}x8_Nnone",
     "ivf-prq": "IVF{nlist},PRQ{half}x2x8_Nnone",
 }
-# distill-vq row -> (the faiss row it starts from, what embeds its queries)
-DISTILL_METHODS = {"distill-pq": ("opq-ivf-pq", None), "distill-rq": ("ivf-rq", None),
-                   "distill-rq+adapter": ("ivf-rq", "adapter"), "distill-rq+joint": ("ivf-rq", "joint"),
-                   "distill-rq+student": ("ivf-rq", "student")}
+# distill-vq row -> (the faiss row it starts from, what embeds its queries): each start alone and with each query side
+DISTILL_METHODS = {f"distill-{family}{'' if side is None else '+' + side}": (start, side)
+                   for family, start in (("pq", "opq-ivf-pq"), ("rq", "ivf-rq"))
+                   for side in (None, "adapter", "joint", "student")}
 TEACHER = "all-MiniLM-L6-v2"
 STUDENT_LAYERS = [0, 2, 4]
 # The query encoder's training settings (as `distill-vq train --train-query-encoder / --student-layers` sets them).
@@ -72,7 +72,8 @@ SEARCH_TYPE_TRIAL = 200  # queries that pick an additive index's faster search t
 @dataclass
 class Corpus:
     """A BEIR folder's embeddings: `docs (N, dim)`, `train_queries (T, dim)`, `test_queries (Q, dim)` with their
-    qrels (one dict per query) and exact search's `exact_ids (Q, 100)`."""
+    qrels (one dict per query), exact search's `exact_ids (Q, 100)`, the query texts and, per train query, the rows
+    of its relevant documents (for `--label-loss-weight`)."""
 
     name: str
     docs: np.ndarray
@@ -83,22 +84,24 @@ class Corpus:
     exact_ids: np.ndarray
     train_texts: list[str]
     test_texts: list[str]
+    train_positives: list[list[int]]
 
 
 def load_corpus(folder: Path, embeddings: str, max_docs: int | None) -> Corpus:
     """The float32 document and query embeddings of a BEIR folder (the first `max_docs` documents), the train
-    qrels' queries, and the test queries with a relevant document among those documents, with their qrels."""
+    qrels' queries with their relevant documents' rows, and the test queries with a relevant document among those
+    documents, with their qrels."""
     embedding_folder = folder / "embeddings" / embeddings
     doc_ids = json.loads((embedding_folder / "doc_ids.json").read_text())[:max_docs]
     query_ids = json.loads((embedding_folder / "query_ids.json").read_text())
     docs = np.load(embedding_folder / "docs.npy", mmap_mode="r")[: len(doc_ids)].astype(np.float32)
     queries = np.load(embedding_folder / "queries.npy", mmap_mode="r")
-    kept_docs = set(doc_ids)
+    row_of = {doc_id: row for row, doc_id in enumerate(doc_ids)}
     test_qrels = {query_id: judged for query_id, judged in load_qrels(folder / "qrels" / "test.tsv").items()
-                  if any(score > 0 and doc_id in kept_docs for doc_id, score in judged.items())}
-    train_ids = load_qrels(folder / "qrels" / "train.tsv").keys()
+                  if any(score > 0 and doc_id in row_of for doc_id, score in judged.items())}
+    train_qrels = load_qrels(folder / "qrels" / "train.tsv")
     test_rows = [row for row, query_id in enumerate(query_ids) if query_id in test_qrels]
-    train_rows = [row for row, query_id in enumerate(query_ids) if query_id in train_ids]
+    train_rows = [row for row, query_id in enumerate(query_ids) if query_id in train_qrels]
     test_queries = queries[test_rows].astype(np.float32)
     with gzip.open(folder / "queries.jsonl.gz", "rt", encoding="utf-8") as handle:
         text_of = {row["_id"]: row["text"] for row in map(json.loads, handle)}
@@ -107,6 +110,8 @@ def load_corpus(folder: Path, embeddings: str, max_docs: int | None) -> Corpus:
         test_queries=test_queries, test_qrels=[test_qrels[query_ids[row]] for row in test_rows],
         exact_ids=exact_search(test_queries, docs, 100)[1],
         train_texts=[text_of[query_ids[row]] for row in train_rows],
+        train_positives=[[row_of[doc_id] for doc_id, score in train_qrels[query_ids[row]].items()
+                          if score > 0 and doc_id in row_of] for row in train_rows],
         test_texts=[text_of[query_ids[row]] for row in test_rows],
     )
 
@@ -186,8 +191,12 @@ def distill_from(index: faiss.Index, corpus: Corpus, training_args, query_side: 
         training_args = dataclasses.replace(training_args, **QUERY_SIDE_ARGUMENTS[query_side])
     used = min(len(corpus.train_queries), training_args.max_steps * training_args.per_device_train_batch_size)
     rows = np.sort(np.random.default_rng(training_args.seed).choice(len(corpus.train_queries), used, replace=False))
-    queries = Dataset.from_dict({"query_embedding": corpus.train_queries[rows],
-                                 **({"query": [corpus.train_texts[row] for row in rows]} if tokenizer else {})})
+    columns = {"query_embedding": corpus.train_queries[rows]}
+    if tokenizer:
+        columns["query"] = [corpus.train_texts[row] for row in rows]
+    if training_args.label_loss_weight:  # the train qrels' labels, reported apart from the label-free rows
+        columns["positive_ids"] = [corpus.train_positives[row] for row in rows]
+    queries = Dataset.from_dict(columns)
     start = time.perf_counter()
     trainer = distill(model, queries, corpus.docs, training_args, tokenizer=tokenizer)
     return model, tokenizer, time.perf_counter() - start, trainer.state.global_step
@@ -291,8 +300,8 @@ def plot_recall_vs_qps(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(METHODS, "*osDv^P<>Xhd"))
-    colors = dict(zip(METHODS, [*plt.cm.tab10.colors, "black", "gray"]))
+    markers = dict(zip(METHODS, "*osDv^P<>Xhdp8H"))
+    colors = dict(zip(METHODS, plt.cm.tab20.colors))
     names, sizes = list(results["corpora"]), results["settings"]["bytes"]
     figure, axes = plt.subplots(len(names), len(sizes), figsize=(5 * len(sizes), 4 * len(names) + 0.6), squeeze=False)
     for axis_row, name in zip(axes, names):

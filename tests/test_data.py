@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from distill_vq import data, encoding
-from distill_vq.data import DataError, check_qrels, load_beir, load_corpus, load_qrels, load_queries
+from distill_vq.data import DataError, check_qrels, load_beir, load_corpus, load_qrels, load_queries, load_task
 from distill_vq.encoding import TextEncoder, default_encoder_path, encode_dataset_cached, pool_tokens, resolve_encoder
 
 from conftest import DATA, DEFAULT_DATA
@@ -87,6 +87,20 @@ def test_beir_folder_selected_splits_and_optional_parts(tmp_path):
     shutil.rmtree(folder / "qrels")
     unlabelled = load_beir(folder)
     assert unlabelled.queries is None and unlabelled.qrels == {}
+
+
+def test_the_train_split_labels_the_training_queries_by_corpus_row():
+    task = load_task()  # the packaged data: qrels train / dev / test, evaluated on test
+    train_rows = task.split_queries(seed=0)[0]
+    positives = task.positive_rows(train_rows)
+    query_ids = task.queries.select(train_rows)["_id"][:]
+    judged = [(query_id, rows) for query_id, rows in zip(query_ids, positives) if query_id in task.train_qrels]
+    assert len(judged) > 1000 and all(rows for _, rows in judged)
+    for query_id, rows in judged[:50]:
+        relevant = {doc_id for doc_id, score in task.train_qrels[query_id].items() if score > 0}
+        assert {task.doc_ids[row] for row in rows} == relevant
+    assert not set(task.train_qrels) & set(task.eval_qrels)
+    assert load_task(qrels="train").train_qrels is None  # evaluated on train: no labels left to train on
 
 
 def test_jsonl_file_with_integer_id_column(tmp_path):

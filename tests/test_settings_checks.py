@@ -82,6 +82,13 @@ def test_qrels_without_a_relevant_document_are_refused(tmp_path, capsys, no_long
     assert "judge no document relevant (every score is <= 0)" in error
 
 
+def test_a_label_term_without_training_labels_is_refused(tmp_path, capsys, no_long_work):
+    flags = [*small_corpus(tmp_path, queries=True), "--label-loss-weight", "1"]  # queries of their own: no train qrels
+    error = refused(["train", *flags, "--output-dir", str(tmp_path / "out")], capsys)
+    assert "there are no qrels 'train'" in error and "drop --label-loss-weight" in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys, no_long_work):
     error = refused([*TRAIN, "--output-dir", str(tmp_path / "out"), "--resume-from-checkpoint", "last"], capsys)
     assert "no run into" in error and "left a checkpoint; drop the flag" in error

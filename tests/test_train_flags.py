@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import DATA
 from distill_vq.cli import _document_texts, build_parser, main, settings_from, training_arguments
 from distill_vq.data import load_corpus
 from distill_vq.pipeline import build_config
@@ -173,3 +174,15 @@ def test_search_scores_cosines_for_a_cosine_index(metric, expected):
     hits = retriever.search("any query", k=2)[0]
     assert [hit["id"] for hit in hits] == ["b", "a"]
     assert [hit["score"] for hit in hits] == pytest.approx(expected)
+
+
+def test_the_label_term_trains_on_the_train_qrels(tmp_path):
+    embeddings = DATA / "default_data_embeddings"  # the packaged data, whose qrels have a train split
+    assert main(["train", "--doc-embeddings", str(embeddings / "docs.npy"), "--query-embeddings",
+                 str(embeddings / "queries.npy"), "--max-steps", "2", "--logging-steps", "1", "--num-lists", "16",
+                 "--num-subvectors", "8", "--no-rotation", "--disable-tqdm", "true", "--label-loss-weight", "1",
+                 "--output-dir", str(tmp_path / "out")]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    header, _, *rows = card.split("### Training log")[1].strip().splitlines()[:4]
+    column = [cell.strip() for cell in header.split("|")].index("labels_contrastive")
+    assert all(float(row.split("|")[column]) > 0 for row in rows)  # every step had labelled queries

@@ -437,6 +437,7 @@ def _check_unique_ids(dataset: datasets.Dataset, source: str) -> None:
 # labels).
 
 HELD_OUT_FRACTION = 0.1
+TRAIN_SPLIT = "train"  # the qrels split whose labels the label term (--label-loss-weight) trains on
 
 
 @dataclass
@@ -448,6 +449,8 @@ class RetrievalTask:
         eval_qrels: query id -> {doc id: score} of the evaluation split, or None without qrels.
         eval_name: how the evaluation queries were chosen, for reports (e.g. `"test"`).
         pseudo_queries: whether `queries` are the documents themselves.
+        train_qrels: query id -> {doc id: score} of the source's `train` split (None without one, or when it is
+            the evaluation split): the labels of the training queries, for the label term.
     """
 
     corpus_source: str | None
@@ -456,6 +459,7 @@ class RetrievalTask:
     eval_qrels: Qrels | None
     eval_name: str
     pseudo_queries: bool = False
+    train_qrels: Qrels | None = None
 
     @cached_property
     def doc_ids(self) -> list[str]:
@@ -486,6 +490,16 @@ class RetrievalTask:
             return None
         query_ids = self.queries.select(query_rows)["_id"][:]
         return [self.eval_qrels.get(query_id, {}) for query_id in query_ids]
+
+    def positive_rows(self, query_rows: np.ndarray) -> list[list[int]]:
+        """Per query row, the corpus rows its training qrels judge relevant (score > 0); empty lists without
+        training qrels."""
+        if self.train_qrels is None:
+            return [[] for _ in query_rows]
+        row_of = {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
+        query_ids = self.queries.select(query_rows)["_id"][:]
+        return [[row_of[doc_id] for doc_id, score in self.train_qrels.get(query_id, {}).items() if score > 0]
+                for query_id in query_ids]
 
 
 def load_task(
@@ -530,14 +544,15 @@ def load_task(
         eval_qrels, eval_name = split_qrels[eval_split], eval_split
     else:
         eval_qrels, eval_name = None, f"held-out {HELD_OUT_FRACTION:.0%} of the queries"
+    train_qrels = split_qrels.get(TRAIN_SPLIT) if eval_name != TRAIN_SPLIT and queries is None else None
     pseudo_queries = query_rows is None
     if pseudo_queries:
-        query_rows, eval_qrels = corpus_rows, None
+        query_rows, eval_qrels, train_qrels = corpus_rows, None, None
         eval_name = f"held-out {HELD_OUT_FRACTION:.0%} of the documents as pseudo-queries"
     if eval_qrels is not None:
         check_qrels(eval_qrels, corpus_rows["_id"][:], query_rows["_id"][:], name=f"qrels '{eval_name}'")
     corpus_source = None if corpus is None else str(corpus)
-    return RetrievalTask(corpus_source, corpus_rows, query_rows, eval_qrels, eval_name, pseudo_queries)
+    return RetrievalTask(corpus_source, corpus_rows, query_rows, eval_qrels, eval_name, pseudo_queries, train_qrels)
 
 
 def read_embeddings(path: str | Path, num_rows: int, what: str, dim: int | None = None) -> np.ndarray:

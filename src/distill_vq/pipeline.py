@@ -28,7 +28,7 @@ from accelerate import PartialState
 from datasets import Dataset, IterableDataset
 
 from .configuration_distill_vq import DistillVQConfig
-from .data import DataError, RetrievalTask, load_task, read_embeddings
+from .data import TRAIN_SPLIT, DataError, RetrievalTask, load_task, read_embeddings
 from .encoding import TextEncoder, encode_dataset_cached, resolve_encoder
 from .evaluation import (
     EVALUATION_CUTOFFS, LABEL_METRICS_BY, compare_indexes, paired_bootstrap_interval,
@@ -95,9 +95,10 @@ def auto_num_lists(num_docs: int) -> int:
     return 2 ** max(0, min(target, cap))
 
 
-def check_settings(settings: TrainSettings, task: RetrievalTask) -> None:
+def check_settings(settings: TrainSettings, task: RetrievalTask, label_loss_weight: float = 0.0) -> None:
     """Refuse, before any encoding or training, settings that would fail or run wrong only after it: nprobe above
-    the lists, query embeddings with no queries to match them, and evaluation qrels that judge nothing relevant."""
+    the lists, query embeddings with no queries to match them, evaluation qrels that judge nothing relevant, and a
+    label term without training labels."""
     num_lists = settings.num_lists or auto_num_lists(len(task.corpus))
     if settings.nprobe is not None and settings.nprobe > num_lists:
         raise DataError(f"--nprobe {settings.nprobe} is more than the {num_lists} IVF lists it would search; lower "
@@ -109,6 +110,8 @@ def check_settings(settings: TrainSettings, task: RetrievalTask) -> None:
                                                for score in judged.values()):
         raise DataError(f"The qrels '{task.eval_name}' judge no document relevant (every score is <= 0), so MRR and "
                         "NDCG cannot be computed; pass qrels whose relevant documents have scores > 0.")
+    if label_loss_weight:
+        check_training_labels(task, task.split_queries(settings.seed)[0])
     if settings.query_encoder is None:
         return
     if settings.query_adapter:
@@ -167,6 +170,18 @@ def l2_normalized(embeddings: np.ndarray) -> np.ndarray:
     return normalized
 
 
+def check_training_labels(task: RetrievalTask, train_rows: np.ndarray) -> None:
+    """Refuse a label term that no training query could feed: no `train` qrels split, or none of its relevant
+    documents on a training query."""
+    if task.train_qrels is None:
+        raise DataError(f"--label-loss-weight trains on labelled training queries, but there are no qrels "
+                        f"'{TRAIN_SPLIT}' for them (they are read from the corpus folder's qrels/{TRAIN_SPLIT}.tsv, "
+                        "and only for its own queries); add that file, or drop --label-loss-weight.")
+    if not any(task.positive_rows(train_rows)):
+        raise DataError(f"--label-loss-weight: the qrels '{TRAIN_SPLIT}' judge no training query's document "
+                        "relevant (score > 0); check that they name these queries, or drop --label-loss-weight.")
+
+
 def build_config(settings: TrainSettings, num_docs: int, embedding_dim: int, encoder_name: str | None = None,
                  encoder_revision: str | None = None) -> DistillVQConfig:
     """The index of `settings` for `num_docs` documents, refused (naming the flags to lower) when faiss's training
@@ -192,9 +207,10 @@ def build_config(settings: TrainSettings, num_docs: int, embedding_dim: int, enc
 
 
 def training_queries(task: RetrievalTask, embeddings: TaskEmbeddings, train_rows: np.ndarray, seed: int,
-                     with_texts: bool = False) -> Dataset:
+                     with_texts: bool = False, with_labels: bool = False) -> Dataset:
     """The queries to train on: the training queries, or when there are none, up to `MAX_PSEUDO_QUERIES` random
-    documents as pseudo-queries; a `query_embedding` column (the teacher's) and, `with_texts`, their `query` text."""
+    documents as pseudo-queries; a `query_embedding` column (the teacher's), `with_texts` their `query` text and
+    `with_labels` their `positive_ids` (corpus rows the training qrels judge relevant)."""
     texts = task.queries
     if not len(train_rows):
         count = min(len(embeddings.docs), MAX_PSEUDO_QUERIES)
@@ -204,6 +220,8 @@ def training_queries(task: RetrievalTask, embeddings: TaskEmbeddings, train_rows
     columns = {"query_embedding": np.asarray(vectors[train_rows], dtype=np.float32)}
     if with_texts:
         columns["query"] = texts.select(train_rows)["text"][:]
+    if with_labels:
+        columns["positive_ids"] = task.positive_rows(train_rows)
     return Dataset.from_dict(columns)
 
 
@@ -379,14 +397,15 @@ def train(settings: TrainSettings, training_args: DistillVQTrainingArguments,
         progress(f"Loading {'the packaged default data' if settings.corpus is None else settings.corpus}")
         task = load_task(settings.corpus, settings.queries, settings.qrels, settings.eval_split or DEFAULT_EVAL_SPLIT,
                          settings.corpus_columns, settings.query_columns)
-        check_settings(settings, task)
+        check_settings(settings, task, training_args.label_loss_weight)
         checkpoint = resume_checkpoint(training_args.resume_from_checkpoint, settings.output_dir)
         embeddings = embed_task(task, settings, state=state, progress=progress)
         docs = embeddings.docs
         config = build_config(settings, len(docs), docs.shape[1], embeddings.encoder_name, embeddings.encoder_revision)
         train_rows, eval_rows = task.split_queries(settings.seed)
         train_queries = training_queries(task, embeddings, train_rows, settings.seed,
-                                         with_texts=settings.query_encoder is not None)
+                                         with_texts=settings.query_encoder is not None,
+                                         with_labels=training_args.label_loss_weight > 0)
         train_name = "training queries" if len(train_rows) else "documents as pseudo-queries (every query is judged)"
         queries_by = query_side(settings)
         signature = run_signature(task, embeddings, config, len(train_queries), state.num_processes, queries_by,
