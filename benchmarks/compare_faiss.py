@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import gzip
 import json
+import math
 import os
 import platform
 import tempfile
@@ -314,8 +315,11 @@ def plot_recall_vs_qps(results: dict, path: Path) -> None:
                      ylabel="recall@10 vs exact", title=f"{name}, {size} bytes/vector")
             axis.grid(alpha=0.3)
     handles = {label: handle for axis in axes.flat for handle, label in zip(*axis.get_legend_handles_labels())}
-    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
-    figure.tight_layout(rect=(0, 0.6 / figure.get_figheight(), 1, 1))
+    columns = 3 * len(sizes)  # legend entries per row: as many as the figure's width holds
+    legend_height = 0.3 * math.ceil(len(handles) / columns) + 0.2
+    figure.set_figheight(figure.get_figheight() - 0.6 + legend_height)
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=columns, fontsize=8)
+    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
 
