@@ -35,12 +35,14 @@ from compare_faiss import Corpus, load_corpus
 from distill_vq import DistillVQModel
 from distill_vq.evaluation import format_markdown_table, label_metrics, recall_vs_exact
 from distill_vq.io_utils import write_json, write_text
+from distill_vq.losses import ListNetLoss
 from distill_vq.sampling import exact_search
 
 COLUMNS = ["query side", "recall_vs_exact@10", "recall_vs_exact@100", "mrr@10", "train_recall_vs_exact@10",
            "seconds"]
 NUM_TRAIN_CHECK = 2000  # training queries whose recall against exact search is measured too
 SEARCH_BLOCK = 500  # queries scored against the whole corpus at a time
+UNPROBED_SCORE = -1e4  # far below any inner product of unit-scale embeddings: exp underflows to 0 at any temperature < 50
 
 
 class ProbedIndex:
@@ -78,11 +80,12 @@ class ProbedIndex:
 
     def ranking_loss(self, mapped: torch.Tensor, teacher: torch.Tensor, probed: torch.Tensor,
                      temperature: float) -> torch.Tensor:
-        """ListNet over each query's probed documents: the teacher's softmax against the mapped queries' scores of
-        the reconstructions."""
-        target = ((teacher @ self.docs.T) / temperature).masked_fill(~probed, -torch.inf).softmax(dim=1)
-        scores = ((mapped @ self.reconstructions.T) / temperature).masked_fill(~probed, -torch.inf)
-        return -(target * scores.log_softmax(dim=1).masked_fill(~probed, 0)).sum(dim=1).mean()
+        """`ListNetLoss` over each query's probed documents: the teacher's scores of the documents against the
+        mapped queries' scores of the reconstructions. The rest is scored `UNPROBED_SCORE`, which gives it a weight
+        of exactly 0 in both softmaxes (and, unlike -inf, a finite log-probability, so no 0 x -inf)."""
+        teacher_scores = (teacher @ self.docs.T).masked_fill(~probed, UNPROBED_SCORE)
+        scores = (mapped @ self.reconstructions.T).masked_fill(~probed, UNPROBED_SCORE)
+        return ListNetLoss(temperature)(scores, teacher_scores)
 
 
 class QueryMap(nn.Module):

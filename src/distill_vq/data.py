@@ -466,6 +466,11 @@ class RetrievalTask:
         """Document ids by row (read once: a run asks for them several times)."""
         return self.corpus["_id"][:]  # `[:]` reads the column at once; iterating `Column` decodes row by row (150x)
 
+    @cached_property
+    def doc_rows(self) -> dict[str, int]:
+        """Document id -> corpus row."""
+        return {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
+
     @property
     def corpus_name(self) -> str:
         return "the packaged Debian package descriptions" if self.corpus_source is None else self.corpus_source
@@ -496,9 +501,8 @@ class RetrievalTask:
         training qrels."""
         if self.train_qrels is None:
             return [[] for _ in query_rows]
-        row_of = {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
         query_ids = self.queries.select(query_rows)["_id"][:]
-        return [[row_of[doc_id] for doc_id, score in self.train_qrels.get(query_id, {}).items() if score > 0]
+        return [[self.doc_rows[doc_id] for doc_id, score in self.train_qrels.get(query_id, {}).items() if score > 0]
                 for query_id in query_ids]
 
 
